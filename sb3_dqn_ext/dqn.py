@@ -1,0 +1,621 @@
+"""
+ScratchDQN: Deep Q-Network written from scratch on SB3's ``OffPolicyAlgorithm``.
+
+The algorithm (Mnih et al. 2015), as in the article this project grew from:
+
+- act ε-greedily with respect to ``Q(s, ·; θ)``;
+- store ``(s, a, r, s', terminated)`` in a replay buffer ``D`` and sample minibatches from it;
+- regress ``Q(s, a; θ)`` on the TD target ``y = r + γ (1 − terminated) max_a' Q(s', a'; θ⁻)`` with the Huber loss;
+- every ``C = target_update_interval`` steps move the target network towards the online one,
+  ``θ⁻ ← τ θ + (1 − τ) θ⁻`` (``τ = 1``: the hard copy ``θ⁻ ← θ``).
+
+Opt-in extensions change exactly one piece each: ``double_q`` (the online network picks ``a*``), dueling/noisy/C51
+heads (``policy_kwargs``), prioritized replay (``PrioritizedReplayBuffer``) and n-step returns (``n_steps``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import BaseBuffer
+from stable_baselines3.common.buffers import ReplayBuffer as SB3ReplayBuffer
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import load_from_pkl
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import get_parameters_by_name
+from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
+from torch.nn import functional as F
+
+from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
+from sb3_dqn_ext.errors import DivergenceError, ScratchDQNError
+from sb3_dqn_ext.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy, QNetwork
+from sb3_dqn_ext.schedules import make_exploration_schedule
+
+SelfScratchDQN = TypeVar("SelfScratchDQN", bound="ScratchDQN")
+
+SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def categorical_projection(atoms: th.Tensor, probs: th.Tensor, support: th.Tensor) -> th.Tensor:
+    """
+    Project a categorical distribution with atoms at ``atoms`` onto the fixed ``support`` (C51's Φ operator).
+
+    Each atom ``Tz_j`` (clipped to ``[v_min, v_max]``) splits its probability between the two nearest support
+    points ``z_l ≤ Tz_j ≤ z_u`` in proportion to its distance from each: ``z_l`` gets ``p_j (u − b_j)``, ``z_u``
+    gets ``p_j (b_j − l)``, with ``b_j = (Tz_j − v_min) / Δz``. An atom exactly on a support point keeps all its mass.
+
+    :param atoms: shifted atoms ``Tz = r + γ^n (1 − done) z``, shape ``(batch, n_atoms)``
+    :param probs: their probabilities, shape ``(batch, n_atoms)``
+    :param support: the support ``z``, shape ``(n_atoms,)``, evenly spaced
+    :return: the projected probabilities on ``support``, shape ``(batch, n_atoms)``
+    """
+    n_atoms = support.shape[0]
+    v_min, v_max = support[0], support[-1]
+    delta_z = (v_max - v_min) / (n_atoms - 1)
+    b = (atoms.clamp(v_min, v_max) - v_min) / delta_z
+    lower, upper = b.floor(), b.ceil()
+    on_point = (lower == upper).to(probs.dtype)
+    projected = th.zeros_like(probs)
+    projected.scatter_add_(1, lower.long().clamp(0, n_atoms - 1), probs * (upper - b + on_point))
+    projected.scatter_add_(1, upper.long().clamp(0, n_atoms - 1), probs * (b - lower))
+    return projected
+
+
+class ScratchDQN(OffPolicyAlgorithm):
+    """
+    Deep Q-Network (DQN), from scratch, with opt-in Rainbow extensions; a drop-in for SB3's ``DQN``.
+
+    Paper: https://arxiv.org/abs/1312.5602, https://www.nature.com/articles/nature14236
+    Default hyperparameters are SB3's ``DQN`` defaults (the Nature paper's, except for the optimizer and learning
+    rate), and with every extension off the algorithm is SB3's DQN.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, ...)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate, it can be a function
+        of the current progress remaining (from 1 to 0)
+    :param buffer_size: size of the replay buffer
+    :param learning_starts: how many steps of the model to collect transitions for before learning starts
+    :param batch_size: Minibatch size for each gradient update
+    :param tau: the soft update coefficient ("Polyak update", between 0 and 1) default 1 for hard update
+    :param gamma: the discount factor
+    :param train_freq: Update the model every ``train_freq`` steps. Alternatively pass a tuple of frequency and unit
+        like ``(5, "step")`` or ``(2, "episode")``.
+    :param gradient_steps: How many gradient steps to do after each rollout (see ``train_freq``)
+        Set to ``-1`` means to do as many gradient steps as steps done in the environment
+        during the rollout.
+    :param replay_buffer_class: Replay buffer class to use: ``None`` (our uniform ``ReplayBuffer``),
+        ``PrioritizedReplayBuffer``, or any SB3 buffer class (for instance ``HerReplayBuffer``).
+    :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation
+        (e.g. ``alpha`` and ``beta`` for ``PrioritizedReplayBuffer``).
+    :param optimize_memory_usage: Enable a memory efficient variant of the replay buffer
+        at a cost of more complexity.
+        See https://github.com/DLR-RM/stable-baselines3/issues/37#issuecomment-637501195
+    :param n_steps: When ``n_steps > 1``, uses n-step returns when updating the Q-value network. Unlike SB3, it
+        applies to this package's buffers however they are chosen (also ``PrioritizedReplayBuffer`` and Dict
+        observations); with SB3's own buffer classes it is ignored with SB3's warning.
+    :param target_update_interval: update the target network every ``target_update_interval``
+        environment steps.
+    :param exploration_fraction: fraction of entire training period over which the exploration rate is reduced
+        (the time constant of the decay for ``exploration_schedule="exponential"``)
+    :param exploration_initial_eps: initial value of random action probability
+    :param exploration_final_eps: final value of random action probability
+    :param max_grad_norm: The maximum value for the gradient clipping
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation; besides SB3's
+        (``net_arch``, ``activation_fn``, ``features_extractor_class``, ``optimizer_class``...), ``dueling``,
+        ``dueling_net_arch``, ``noisy``, ``noisy_std_init``, ``n_atoms``, ``v_min`` and ``v_max`` (see
+        :class:`~sb3_dqn_ext.policies.DQNPolicy`). With ``noisy=True`` and the exploration values left at their
+        defaults, ε-greedy is off (ε = 0): the noise explores.
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
+        debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+        Setting it to auto, the code will be run on the GPU if possible.
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    :param double_q: Double DQN (van Hasselt et al. 2016): the online network picks the next action
+        ``a* = argmax_a Q(s', a; θ)`` and the target network values it
+    :param exploration_schedule: how ε decays from ``exploration_initial_eps`` to ``exploration_final_eps``:
+        ``"linear"`` (SB3's), ``"exponential"``, or a callable of SB3's ``progress_remaining``
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    exploration_schedule: Schedule
+    q_net: QNetwork
+    q_net_target: QNetwork
+    policy: DQNPolicy
+
+    def __init__(
+        self,
+        policy: str | type[DQNPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-4,
+        buffer_size: int = 1_000_000,  # 1e6
+        learning_starts: int = 100,
+        batch_size: int = 32,
+        tau: float = 1.0,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 4,
+        gradient_steps: int = 1,
+        replay_buffer_class: type[BaseBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int = 1,
+        target_update_interval: int = 10000,
+        exploration_fraction: float = 0.1,
+        exploration_initial_eps: float = 1.0,
+        exploration_final_eps: float = 0.05,
+        max_grad_norm: float = 10,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+        double_q: bool = False,
+        exploration_schedule: str | Schedule = "linear",
+    ) -> None:
+        check_hyperparameters(
+            learning_rate=learning_rate,
+            buffer_size=buffer_size,
+            learning_starts=learning_starts,
+            batch_size=batch_size,
+            tau=tau,
+            gamma=gamma,
+            train_freq=train_freq,
+            gradient_steps=gradient_steps,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            n_steps=n_steps,
+            target_update_interval=target_update_interval,
+            exploration_fraction=exploration_fraction,
+            exploration_initial_eps=exploration_initial_eps,
+            exploration_final_eps=exploration_final_eps,
+            max_grad_norm=max_grad_norm,
+            stats_window_size=stats_window_size,
+            policy_kwargs=policy_kwargs,
+            double_q=double_q,
+            exploration_schedule=exploration_schedule,
+        )
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            buffer_size,
+            learning_starts,
+            batch_size,
+            tau,
+            gamma,
+            train_freq,
+            gradient_steps,
+            action_noise=None,
+            replay_buffer_class=replay_buffer_class,  # type: ignore[arg-type]
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=n_steps,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            sde_support=False,
+            supported_action_spaces=None,  # checked below, with our error
+            support_multi_env=True,
+        )
+        check_spaces(self.observation_space, self.action_space)
+
+        if self.policy_kwargs.get("noisy", False) and (exploration_initial_eps, exploration_final_eps) == (1.0, 0.05):
+            # NoisyNet explores through its weights: no ε-greedy unless asked for explicitly
+            exploration_initial_eps = exploration_final_eps = 0.0
+        self.exploration_initial_eps = exploration_initial_eps
+        self.exploration_final_eps = exploration_final_eps
+        self.exploration_fraction = exploration_fraction
+        self.exploration_schedule_kind = exploration_schedule
+        self.target_update_interval = target_update_interval
+        self.double_q = double_q
+        # For updating the target network with multiple envs:
+        self._n_calls = 0
+        self.max_grad_norm = max_grad_norm
+        # "epsilon" for the epsilon-greedy exploration
+        self.exploration_rate = 0.0
+
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        if self.replay_buffer is None:
+            self.replay_buffer = self._make_replay_buffer()
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space,
+            self.action_space,
+            self.lr_schedule,
+            **self.policy_kwargs,
+        )
+        self.policy = self.policy.to(self.device)
+        self._convert_train_freq()
+        self._create_aliases()
+        self.exploration_schedule = make_exploration_schedule(
+            self.exploration_schedule_kind,
+            self.exploration_initial_eps,
+            self.exploration_final_eps,
+            self.exploration_fraction,
+        )
+        if self.n_envs > 1 and self.n_envs > self.target_update_interval:
+            warnings.warn(
+                "The number of environments used is greater than the target network "
+                f"update interval ({self.n_envs} > {self.target_update_interval}), "
+                "therefore the target network will be updated after each call to env.step() "
+                f"which corresponds to {self.n_envs} steps."
+            )
+
+    def _make_replay_buffer(self) -> BaseBuffer:
+        """Our buffers get ``n_steps`` and ``gamma``; SB3's own classes are set up exactly as SB3 does."""
+        buffer_class = self.replay_buffer_class if self.replay_buffer_class is not None else ReplayBuffer
+        kwargs = self.replay_buffer_kwargs.copy()
+        if issubclass(buffer_class, ReplayBuffer):
+            kwargs.setdefault("n_steps", self.n_steps)
+            kwargs.setdefault("gamma", self.gamma)
+        elif self.n_steps > 1:
+            warnings.warn(
+                f"`n_steps={self.n_steps}` is ignored because a custom `replay_buffer_class` "
+                f"(`{buffer_class.__name__}`) was passed: n-step returns are only set up "
+                "automatically when `replay_buffer_class` is `None`. "
+                "To use n-step returns with a custom replay buffer, configure it explicitly, e.g. "
+                f'`replay_buffer_kwargs={{"n_steps": {self.n_steps}, "gamma": {self.gamma}}}`.'
+            )
+        if issubclass(buffer_class, HerReplayBuffer):
+            if self.env is None:
+                raise ScratchDQNError("You must pass an environment when using `HerReplayBuffer`")
+            kwargs["env"] = self.env
+        return buffer_class(
+            self.buffer_size,
+            self.observation_space,
+            self.action_space,
+            device=self.device,
+            n_envs=self.n_envs,
+            optimize_memory_usage=self.optimize_memory_usage,
+            **kwargs,
+        )
+
+    def _create_aliases(self) -> None:
+        self.q_net = self.policy.q_net
+        self.q_net_target = self.policy.q_net_target
+        # Parameter lists gathered once, for the target update (no parameter walk per update)
+        self._online_params = list(self.q_net.parameters())
+        self._target_params = list(self.q_net_target.parameters())
+        # BatchNorm running statistics are always copied (SB3 GH issue #996)
+        self._online_stats = get_parameters_by_name(self.q_net, ["running_"])
+        self._target_stats = get_parameters_by_name(self.q_net_target, ["running_"])
+        self._noisy = bool(self.q_net.noisy)
+        self._distributional = bool(self.q_net.distributional)
+
+    # ------------------------------------------------------------------------------------------------ acting
+    def _on_step(self) -> None:
+        """
+        Update the exploration rate and, every ``target_update_interval`` env steps, the target network.
+        This method is called in ``collect_rollouts()`` after each step in the environment.
+        """
+        self._n_calls += 1
+        # each call to step() corresponds to n_envs transitions
+        if self._n_calls % max(self.target_update_interval // self.n_envs, 1) == 0:
+            self.update_target_network()
+        self.exploration_rate = self.exploration_schedule(self._current_progress_remaining)
+        self.logger.record("rollout/exploration_rate", self.exploration_rate)
+
+    @th.no_grad()
+    def update_target_network(self) -> None:
+        """``θ⁻ ← τ θ + (1 − τ) θ⁻`` (``τ = 1``: hard copy, ``τ = 0``: no change); BatchNorm statistics are copied."""
+        if self.tau == 1.0:
+            th._foreach_copy_(self._target_params, self._online_params)
+        elif self.tau > 0.0:
+            th._foreach_lerp_(self._target_params, self._online_params, self.tau)
+        if self._target_stats:
+            th._foreach_copy_(self._target_stats, self._online_stats)
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: Any = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self._noisy:
+            # NoisyNet: a new noise sample for each action selection
+            self.q_net.reset_noise()
+        return super()._sample_action(learning_starts, action_noise, n_envs)
+
+    def _store_transition(self, replay_buffer, buffer_action, new_obs, reward, dones, infos) -> None:  # type: ignore[no-untyped-def,override]
+        if not np.isfinite(reward).all():
+            raise DivergenceError(f"the env returned a non-finite reward {reward} at timestep {self.num_timesteps}")
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """
+        ε-greedy action: uniform with probability ``exploration_rate`` (unless ``deterministic``), else greedy.
+
+        :param observation: the input observation (one, or one per env)
+        :param state: The last states (can be None, used in recurrent policies)
+        :param episode_start: The last masks (can be None, used in recurrent policies)
+        :param deterministic: Whether or not to return deterministic actions.
+        :return: the model's action and the next state (used in recurrent policies)
+        """
+        if not deterministic and np.random.rand() < self.exploration_rate:
+            if self.policy.is_vectorized_observation(observation):
+                if isinstance(observation, dict):
+                    n_batch = observation[next(iter(observation.keys()))].shape[0]
+                else:
+                    n_batch = observation.shape[0]
+                action = np.array([self.action_space.sample() for _ in range(n_batch)])
+            else:
+                action = np.array(self.action_space.sample())
+        else:
+            action, state = self.policy.predict(observation, state, episode_start, deterministic)
+        return action, state
+
+    # ------------------------------------------------------------------------------------------------ learning
+    def _next_q_values(self, next_observations: Any) -> th.Tensor:
+        """``Q_target(s', a*)``: ``a* = argmax_a Q_target(s', a)``, or ``argmax_a Q(s', a)`` with ``double_q``."""
+        next_q_target = self.q_net_target(next_observations)
+        if self.double_q:
+            next_actions = self.q_net(next_observations).argmax(dim=1, keepdim=True)
+            return next_q_target.gather(1, next_actions)
+        return next_q_target.max(dim=1, keepdim=True).values
+
+    def _categorical_loss(self, data: Any, discounts: th.Tensor | float) -> tuple[th.Tensor, th.Tensor]:
+        """C51: per-sample cross-entropy between ``Φ(r + γ^n (1 − done) z)`` and ``p(s, a)``."""
+        support = self.q_net.support
+        batch = th.arange(data.rewards.shape[0], device=support.device)
+        with th.no_grad():
+            next_probs = self.q_net_target.log_probs(data.next_observations).exp()  # (batch, actions, atoms)
+            if self.double_q:
+                next_actions = self.q_net(data.next_observations).argmax(dim=1)
+            else:
+                next_actions = (next_probs * support).sum(dim=-1).argmax(dim=1)
+            target_atoms = data.rewards + discounts * (1 - data.dones) * support  # Tz, (batch, atoms)
+            target_probs = categorical_projection(target_atoms, next_probs[batch, next_actions], support)
+        log_probs = self.q_net.log_probs(data.observations)[batch, data.actions.long().reshape(-1)]
+        per_sample = -(target_probs * log_probs).sum(dim=-1)
+        return per_sample, per_sample.detach()
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        prioritized = isinstance(self.replay_buffer, PrioritizedReplayBuffer)
+        if prioritized:
+            self.replay_buffer.set_progress(self._current_progress_remaining)  # type: ignore[union-attr]
+
+        losses, td_errors, weights_mean = [], [], []
+        for _ in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            # γ^n for n-step returns (per sample where the window was cut), γ otherwise
+            discounts = data.discounts if data.discounts is not None else self.gamma
+            if self._noisy:
+                self.q_net.reset_noise()
+                self.q_net_target.reset_noise()
+
+            if self._distributional:
+                per_sample_loss, priority = self._categorical_loss(data, discounts)
+            else:
+                with th.no_grad():
+                    # TD target: y = r + γ^n (1 − terminated) Q_target(s', a*)
+                    td_target = data.rewards + discounts * (1 - data.dones) * self._next_q_values(
+                        data.next_observations
+                    )
+                q_values = self.q_net(data.observations).gather(1, data.actions.long())  # Q(s, a; θ)
+                if not prioritized:
+                    loss = F.smooth_l1_loss(q_values, td_target)
+                else:
+                    per_sample_loss = F.smooth_l1_loss(q_values, td_target, reduction="none").reshape(-1)
+                    priority = (td_target - q_values).detach().abs().reshape(-1)  # |δ|
+
+            if prioritized:
+                weights = data.weights.reshape(-1)  # importance-sampling weights
+                loss = (weights * per_sample_loss).mean()
+                self.replay_buffer.update_priorities(data.indices, priority)  # type: ignore[union-attr]
+                td_errors.append(priority.mean())
+                weights_mean.append(weights.mean())
+            elif self._distributional:
+                loss = per_sample_loss.mean()
+            losses.append(loss.detach())
+
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(self._online_params, self.max_grad_norm)
+            self.policy.optimizer.step()
+
+        self._n_updates += gradient_steps
+        if gradient_steps == 0:
+            return
+        loss_values = th.stack(losses)
+        if not th.isfinite(loss_values).all():
+            first_bad = int((~th.isfinite(loss_values)).nonzero()[0, 0])
+            raise DivergenceError(
+                f"the loss became {loss_values[first_bad].item()} at gradient step "
+                f"{self._n_updates - gradient_steps + first_bad + 1} (timestep {self.num_timesteps}): "
+                "training diverged; lower the learning rate or check rewards/observations"
+            )
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/loss", loss_values.mean().item())
+        if prioritized:
+            self.logger.record("train/td_error_mean", th.stack(td_errors).mean().item())
+            self.logger.record("train/is_weight_mean", th.stack(weights_mean).mean().item())
+            self.logger.record("train/per_beta", self.replay_buffer.beta)  # type: ignore[union-attr]
+
+    def learn(
+        self: SelfScratchDQN,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "ScratchDQN",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfScratchDQN:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    # ------------------------------------------------------------------------------------------------ save/load
+    def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
+        """
+        Load a replay buffer from a pickle file (ours, with priorities for PER, or one of SB3's).
+
+        :param path: Path to the pickled replay buffer.
+        :param truncate_last_traj: When using ``HerReplayBuffer`` with online sampling:
+            If set to ``True``, we assume that the last trajectory in the replay buffer was finished
+            (and truncate it).
+            If set to ``False``, we assume that we continue the same trajectory (same episode).
+        """
+        buffer = load_from_pkl(path, self.verbose)
+        if not isinstance(buffer, (ReplayBuffer, SB3ReplayBuffer)):
+            raise ScratchDQNError(f"{path} does not hold a replay buffer (got {type(buffer).__name__})")
+        self.replay_buffer = buffer
+        if isinstance(buffer, HerReplayBuffer):
+            if self.env is None:
+                raise ScratchDQNError("You must pass an environment at load time when using `HerReplayBuffer`")
+            buffer.set_env(self.env)
+            if truncate_last_traj:
+                buffer.truncate_last_trajectory()
+        # Update saved replay buffer device to match current setting, see SB3 GH#1561
+        self.replay_buffer.device = self.device
+
+    def _excluded_save_params(self) -> list[str]:
+        return [
+            *super()._excluded_save_params(),
+            "q_net",
+            "q_net_target",
+            "_online_params",
+            "_target_params",
+            "_online_stats",
+            "_target_stats",
+        ]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.optimizer"], []
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ScratchDQNError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_hyperparameters(**params: Any) -> None:
+    """
+    Raise :class:`ScratchDQNError` naming the first hyperparameter outside its meaningful range.
+
+    The ranges accept every value SB3 and rl-zoo3 use (``tau=0``, ``learning_starts=0``, ``gradient_steps=-1``,
+    ``exploration_fraction=0``, ``exploration_final_eps=0``).
+    """
+    p = params
+    lr = p["learning_rate"]
+    _require(callable(lr) or (_is_number(lr) and math.isfinite(lr) and lr > 0), "learning_rate", "> 0", lr)
+    _require(_is_int(p["buffer_size"]) and p["buffer_size"] >= 1, "buffer_size", "an integer >= 1", p["buffer_size"])
+    _require(
+        _is_int(p["learning_starts"]) and p["learning_starts"] >= 0,
+        "learning_starts",
+        "an integer >= 0",
+        p["learning_starts"],
+    )
+    _require(_is_int(p["batch_size"]) and p["batch_size"] >= 1, "batch_size", "an integer >= 1", p["batch_size"])
+    for name in ("tau", "gamma", "exploration_fraction", "exploration_initial_eps", "exploration_final_eps"):
+        _require(_is_number(p[name]) and 0.0 <= p[name] <= 1.0, name, "in [0, 1]", p[name])
+    train_freq = p["train_freq"]
+    freq, unit = train_freq if isinstance(train_freq, tuple) and len(train_freq) == 2 else (train_freq, "step")
+    _require(
+        _is_int(freq) and freq >= 1 and unit in ("step", "episode"),
+        "train_freq",
+        'an integer >= 1 or a tuple (n >= 1, "step" | "episode")',
+        train_freq,
+    )
+    _require(
+        _is_int(p["gradient_steps"]) and p["gradient_steps"] >= -1,
+        "gradient_steps",
+        "an integer >= 0, or -1 (as many as env steps)",
+        p["gradient_steps"],
+    )
+    _require(_is_int(p["n_steps"]) and p["n_steps"] >= 1, "n_steps", "an integer >= 1", p["n_steps"])
+    _require(
+        _is_int(p["target_update_interval"]) and p["target_update_interval"] >= 1,
+        "target_update_interval",
+        "an integer >= 1",
+        p["target_update_interval"],
+    )
+    _require(
+        _is_number(p["max_grad_norm"]) and p["max_grad_norm"] > 0,
+        "max_grad_norm",
+        "> 0",
+        p["max_grad_norm"],
+    )
+    _require(
+        _is_int(p["stats_window_size"]) and p["stats_window_size"] >= 1,
+        "stats_window_size",
+        "an integer >= 1",
+        p["stats_window_size"],
+    )
+    _require(isinstance(p["double_q"], bool), "double_q", "a bool", p["double_q"])
+    schedule = p["exploration_schedule"]
+    _require(
+        callable(schedule) or schedule in ("linear", "exponential"),
+        "exploration_schedule",
+        '"linear", "exponential" or a callable',
+        schedule,
+    )
+    buffer_class = p["replay_buffer_class"]
+    _require(
+        buffer_class is None or (isinstance(buffer_class, type) and issubclass(buffer_class, BaseBuffer)),
+        "replay_buffer_class",
+        "None or a replay buffer class",
+        buffer_class,
+    )
+    for name in ("replay_buffer_kwargs", "policy_kwargs"):
+        _require(p[name] is None or isinstance(p[name], dict), name, "None or a dict", p[name])
+
+
+def check_spaces(observation_space: spaces.Space | None, action_space: spaces.Space | None) -> None:
+    """Raise :class:`ScratchDQNError` for spaces ScratchDQN cannot learn with (``None``: not known yet)."""
+    if action_space is not None and not isinstance(action_space, spaces.Discrete):
+        raise ScratchDQNError(
+            f"ScratchDQN needs a Discrete action space, got {action_space} (action_space); "
+            "for continuous actions use SAC, TD3 or DDPG"
+        )
+    if observation_space is None:
+        return
+    inner = observation_space.spaces.values() if isinstance(observation_space, spaces.Dict) else [observation_space]
+    for space in inner:
+        if not isinstance(space, SUPPORTED_OBSERVATION_SPACES):
+            raise ScratchDQNError(
+                f"unsupported observation space {space} (observation_space): use Box, Discrete, MultiDiscrete, "
+                "MultiBinary or a Dict of those"
+            )

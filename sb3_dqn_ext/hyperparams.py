@@ -1,0 +1,159 @@
+"""
+rl-zoo3-format hyperparameters: read a ``dqn.yml``-style file into constructor keyword arguments.
+
+The built-in table holds rl-zoo3 2.9.2's tuned DQN hyperparameters for the classic-control envs
+(``rl_zoo3/hyperparams/dqn.yml``, MIT licence), so that the ``train`` and ``compare`` commands start from the values
+SB3 users know without needing rl-zoo3 installed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch as th
+import yaml
+
+from sb3_dqn_ext.errors import ScratchDQNError
+
+_ZOO_COMMON = dict(policy="MlpPolicy", gamma=0.99)
+ZOO_DQN: dict[str, dict[str, Any]] = {
+    "CartPole-v1": dict(
+        _ZOO_COMMON,
+        n_timesteps=50_000,
+        learning_rate=2.3e-3,
+        batch_size=64,
+        buffer_size=100_000,
+        learning_starts=1000,
+        target_update_interval=10,
+        train_freq=256,
+        gradient_steps=128,
+        exploration_fraction=0.16,
+        exploration_final_eps=0.04,
+        policy_kwargs="dict(net_arch=[256, 256])",
+    ),
+    "Acrobot-v1": dict(
+        _ZOO_COMMON,
+        n_timesteps=100_000,
+        learning_rate=6.3e-4,
+        batch_size=128,
+        buffer_size=50_000,
+        learning_starts=0,
+        target_update_interval=250,
+        train_freq=4,
+        gradient_steps=-1,
+        exploration_fraction=0.12,
+        exploration_final_eps=0.1,
+        policy_kwargs="dict(net_arch=[256, 256])",
+    ),
+    "LunarLander-v3": dict(
+        _ZOO_COMMON,
+        n_timesteps=100_000,
+        learning_rate=6.3e-4,
+        batch_size=128,
+        buffer_size=50_000,
+        learning_starts=0,
+        target_update_interval=250,
+        train_freq=4,
+        gradient_steps=-1,
+        exploration_fraction=0.12,
+        exploration_final_eps=0.1,
+        policy_kwargs="dict(net_arch=[256, 256])",
+    ),
+    "MountainCar-v0": dict(
+        n_timesteps=120_000,
+        policy="MlpPolicy",
+        learning_rate=4e-3,
+        batch_size=128,
+        buffer_size=10_000,
+        learning_starts=1000,
+        gamma=0.98,
+        target_update_interval=600,
+        train_freq=16,
+        gradient_steps=8,
+        exploration_fraction=0.2,
+        exploration_final_eps=0.07,
+        policy_kwargs="dict(net_arch=[256, 256])",
+    ),
+}
+
+# keys of an rl-zoo3 entry that are not constructor arguments
+NON_CONSTRUCTOR_KEYS = {"n_timesteps", "policy", "env_wrapper", "frame_stack", "normalize", "n_envs", "callback"}
+
+
+class LinearLRSchedule:
+    """rl-zoo3's ``lin_<value>``: ``value · progress_remaining`` (picklable)."""
+
+    def __init__(self, initial_value: float) -> None:
+        self.initial_value = initial_value
+
+    def __call__(self, progress_remaining: float) -> float:
+        return progress_remaining * self.initial_value
+
+    def __repr__(self) -> str:
+        return f"lin_{self.initial_value}"
+
+
+def parse_policy_kwargs(value: str | dict[str, Any] | None) -> dict[str, Any]:
+    """
+    Parse rl-zoo3's ``policy_kwargs`` string (``"dict(net_arch=[256, 256], activation_fn=nn.ReLU)"``).
+
+    Only ``dict``, literals and ``nn.<Module>`` names are allowed in the expression.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        parsed = eval(value, {"__builtins__": {}}, {"dict": dict, "nn": th.nn, "True": True, "False": False})  # noqa: S307
+    except Exception as exc:
+        raise ScratchDQNError(
+            f"policy_kwargs {value!r} is not a valid rl-zoo3 policy_kwargs expression: {exc}"
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise ScratchDQNError(f"policy_kwargs must describe a dict, got {value!r}")
+    return parsed
+
+
+def to_constructor_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
+    """
+    Turn one rl-zoo3 entry into ``ScratchDQN``/``DQN`` keyword arguments (``policy`` and ``n_timesteps`` dropped).
+
+    :param entry: the entry of one env, e.g. ``ZOO_DQN["CartPole-v1"]``
+    :return: keyword arguments, with ``policy_kwargs`` parsed and ``lin_<x>`` learning rates made schedules
+    """
+    kwargs = {k: v for k, v in entry.items() if k not in NON_CONSTRUCTOR_KEYS}
+    if "policy_kwargs" in kwargs:
+        kwargs["policy_kwargs"] = parse_policy_kwargs(kwargs["policy_kwargs"])
+    lr = kwargs.get("learning_rate")
+    if isinstance(lr, str):
+        if not lr.startswith("lin_"):
+            raise ScratchDQNError(f"learning_rate {lr!r}: only numbers and rl-zoo3's lin_<value> are understood")
+        kwargs["learning_rate"] = LinearLRSchedule(float(lr[4:]))
+    for key in ("buffer_size", "learning_starts", "batch_size", "target_update_interval", "gradient_steps"):
+        if isinstance(kwargs.get(key), float) and math.isfinite(kwargs[key]) and kwargs[key].is_integer():
+            kwargs[key] = int(kwargs[key])
+    if isinstance(kwargs.get("train_freq"), list):
+        kwargs["train_freq"] = tuple(kwargs["train_freq"])
+    return kwargs
+
+
+def load_hyperparams(env_id: str, path: str | Path | None = None) -> dict[str, Any]:
+    """
+    The rl-zoo3 entry for ``env_id``, from ``path`` (an rl-zoo3-format YAML) or the built-in table.
+
+    :param env_id: gymnasium env id
+    :param path: YAML file; ``None`` uses :data:`ZOO_DQN` (and its defaults for unknown envs)
+    :return: the raw entry (``n_timesteps``, ``policy`` and constructor arguments)
+    """
+    if path is None:
+        return dict(ZOO_DQN.get(env_id, {"policy": "MlpPolicy", "n_timesteps": 1_000_000}))
+    try:
+        with open(path) as file:
+            table = yaml.safe_load(file)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScratchDQNError(f"cannot read hyperparameters file {path}: {exc}") from exc
+    if not isinstance(table, dict) or not isinstance(table.get(env_id), dict):
+        raise ScratchDQNError(f"hyperparameters file {path} has no entry for {env_id!r}")
+    return dict(table[env_id])

@@ -1,0 +1,523 @@
+"""
+Q-networks and policies of ScratchDQN.
+
+A :class:`QNetwork` maps an observation to one value per action: features extractor (SB3's ``FlattenExtractor``,
+``NatureCNN`` or ``CombinedExtractor``), an MLP trunk (``net_arch``) and a head. The head is one of
+
+- plain: ``Q(s, ·) = W h + b`` (SB3's DQN, the default);
+- dueling (Wang et al. 2016): ``Q(s, a) = V(s) + A(s, a) − mean_a' A(s, a')``;
+- distributional C51 (Bellemare et al. 2017): per action a categorical distribution ``p(s, a, ·)`` over ``n_atoms``
+  support points ``z_i`` in ``[v_min, v_max]``; ``Q(s, a) = Σ_i z_i p_i(s, a)``. Combined with dueling, the streams
+  produce logits: ``logits(s, a, ·) = V(s, ·) + A(s, a, ·) − mean_a' A(s, a', ·)``.
+
+With ``noisy=True`` every linear layer after the features extractor is a factorised-Gaussian :class:`NoisyLinear`
+(Fortunato et al. 2018). Noise is resampled only by :meth:`QNetwork.reset_noise`, never by ``module.training``,
+and ``predict(deterministic=True)`` uses the mean weights.
+
+:class:`DQNPolicy` holds the online network ``q_net``, the target network ``q_net_target`` and the optimizer, as
+SB3's ``DQNPolicy`` does; ``MlpPolicy``, ``CnnPolicy`` and ``MultiInputPolicy`` are its aliases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.torch_layers import (
+    BaseFeaturesExtractor,
+    CombinedExtractor,
+    FlattenExtractor,
+    NatureCNN,
+)
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+from torch.nn import functional as F
+
+from sb3_dqn_ext.errors import ScratchDQNError
+
+
+class NoisyLinear(nn.Module):
+    """
+    Linear layer with factorised Gaussian noise (Fortunato et al. 2018, "Noisy Networks for Exploration").
+
+    ``y = (μ_w + σ_w ⊙ ε_w) x + μ_b + σ_b ⊙ ε_b`` with ``ε_w = f(ε_out) f(ε_in)ᵀ``, ``ε_b = f(ε_out)``,
+    ``f(x) = sign(x) √|x|`` and ``ε_in, ε_out ~ N(0, 1)``. Initialisation: ``μ ~ U(−1/√p, 1/√p)`` and
+    ``σ = σ₀ / √p`` with ``p`` the number of inputs.
+
+    The noise is a buffer: it changes only when :meth:`reset_noise` is called, whatever ``self.training`` is.
+    With ``noise_enabled = False`` the layer is ``nn.Linear`` on the mean weights.
+
+    :param in_features: number of inputs
+    :param out_features: number of outputs
+    :param std_init: σ₀, the initial noise scale
+    """
+
+    def __init__(self, in_features: int, out_features: int, std_init: float = 0.5) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.std_init = std_init
+        self.noise_enabled = True
+        self.weight_mu = nn.Parameter(th.empty(out_features, in_features))
+        self.weight_sigma = nn.Parameter(th.empty(out_features, in_features))
+        self.bias_mu = nn.Parameter(th.empty(out_features))
+        self.bias_sigma = nn.Parameter(th.empty(out_features))
+        self.register_buffer("weight_epsilon", th.zeros(out_features, in_features))
+        self.register_buffer("bias_epsilon", th.zeros(out_features))
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight_mu, -bound, bound)
+        nn.init.uniform_(self.bias_mu, -bound, bound)
+        nn.init.constant_(self.weight_sigma, std_init / math.sqrt(in_features))
+        nn.init.constant_(self.bias_sigma, std_init / math.sqrt(in_features))
+        self.reset_noise()
+
+    @staticmethod
+    def _scaled_noise(size: int, device: th.device) -> th.Tensor:
+        x = th.randn(size, device=device)
+        return x.sign() * x.abs().sqrt()
+
+    @th.no_grad()
+    def reset_noise(self) -> None:
+        """Draw new factorised noise ``ε_in``, ``ε_out`` from torch's global generator."""
+        eps_in = self._scaled_noise(self.in_features, self.weight_mu.device)
+        eps_out = self._scaled_noise(self.out_features, self.weight_mu.device)
+        self.weight_epsilon.copy_(th.outer(eps_out, eps_in))
+        self.bias_epsilon.copy_(eps_out)
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        if not self.noise_enabled:
+            return F.linear(x, self.weight_mu, self.bias_mu)
+        weight = self.weight_mu + self.weight_sigma * self.weight_epsilon
+        bias = self.bias_mu + self.bias_sigma * self.bias_epsilon
+        return F.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, std_init={self.std_init}"
+
+
+def make_mlp(
+    input_dim: int,
+    output_dim: int,
+    net_arch: list[int],
+    activation_fn: type[nn.Module],
+    noisy: bool = False,
+    noisy_std_init: float = 0.5,
+) -> list[nn.Module]:
+    """
+    Layers of an MLP ``input_dim -> net_arch... -> output_dim`` (no activation after the output layer).
+
+    With ``noisy=False`` this builds the same layers, in the same order (so the same initial weights for a seed),
+    as SB3's ``create_mlp``. ``output_dim <= 0`` gives the hidden layers only.
+    """
+    linear = (lambda i, o: NoisyLinear(i, o, noisy_std_init)) if noisy else nn.Linear
+    layers: list[nn.Module] = []
+    last = input_dim
+    for width in net_arch:
+        layers += [linear(last, width), activation_fn()]
+        last = width
+    if output_dim > 0:
+        layers.append(linear(last, output_dim))
+    return layers
+
+
+class QNetwork(BasePolicy):
+    """
+    Action-value network ``Q(s, ·)``: features extractor, MLP, and a plain, dueling and/or distributional head.
+
+    :param observation_space: Observation space
+    :param action_space: Action space (``Discrete``)
+    :param features_extractor: the features extractor (owned by this network)
+    :param features_dim: number of features it outputs
+    :param net_arch: hidden layer widths of the MLP between the features and the head (``[64, 64]`` by default)
+    :param activation_fn: Activation function
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0 (True by default)
+    :param dueling: use a dueling head ``Q = V + A − mean(A)``
+    :param dueling_net_arch: hidden layers of each dueling stream after the shared MLP, as
+        ``dict(value=[...], advantage=[...])``; by default each stream is one linear layer
+    :param noisy: use :class:`NoisyLinear` layers in the MLP and the head
+    :param noisy_std_init: σ₀ of the noisy layers
+    :param n_atoms: number of support atoms of the C51 distributional head (``None``: not distributional)
+    :param v_min: lowest support point of C51
+    :param v_max: highest support point of C51
+    """
+
+    action_space: spaces.Discrete
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        features_extractor: BaseFeaturesExtractor,
+        features_dim: int,
+        net_arch: list[int] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+        dueling: bool = False,
+        dueling_net_arch: dict[str, list[int]] | None = None,
+        noisy: bool = False,
+        noisy_std_init: float = 0.5,
+        n_atoms: int | None = None,
+        v_min: float = -10.0,
+        v_max: float = 10.0,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor=features_extractor,
+            normalize_images=normalize_images,
+        )
+        if net_arch is None:
+            net_arch = [64, 64]
+        self.net_arch = net_arch
+        self.activation_fn = activation_fn
+        self.features_dim = features_dim
+        self.dueling = dueling
+        self.dueling_net_arch = dueling_net_arch
+        self.noisy = noisy
+        self.noisy_std_init = noisy_std_init
+        self.n_atoms = n_atoms
+        self.v_min = v_min
+        self.v_max = v_max
+        self.n_actions = int(self.action_space.n)
+        self.distributional = n_atoms is not None
+        atoms = n_atoms if n_atoms is not None else 1
+
+        mlp = dict(activation_fn=activation_fn, noisy=noisy, noisy_std_init=noisy_std_init)
+        if not dueling:
+            self.q_net = nn.Sequential(*make_mlp(features_dim, self.n_actions * atoms, net_arch, **mlp))
+        else:
+            streams = dueling_net_arch or {}
+            self.q_net = nn.Sequential(*make_mlp(features_dim, 0, net_arch, **mlp))
+            trunk_dim = net_arch[-1] if len(net_arch) > 0 else features_dim
+            self.value_stream = nn.Sequential(*make_mlp(trunk_dim, atoms, streams.get("value", []), **mlp))
+            self.advantage_stream = nn.Sequential(
+                *make_mlp(trunk_dim, self.n_actions * atoms, streams.get("advantage", []), **mlp)
+            )
+        if self.distributional:
+            self.register_buffer("support", th.linspace(v_min, v_max, atoms))
+        self._noisy_layers = [m for m in self.modules() if isinstance(m, NoisyLinear)]
+
+    def _head(self, obs: PyTorchObs) -> th.Tensor:
+        """Raw head output: Q-values ``(batch, n_actions)`` or logits ``(batch, n_actions, n_atoms)``."""
+        hidden = self.q_net(self.extract_features(obs, self.features_extractor))
+        if not self.dueling:
+            return hidden.view(-1, self.n_actions, self.n_atoms) if self.distributional else hidden
+        value = self.value_stream(hidden)
+        advantage = self.advantage_stream(hidden)
+        if self.distributional:
+            value = value.view(-1, 1, self.n_atoms)
+            advantage = advantage.view(-1, self.n_actions, self.n_atoms)
+        # Q = V + A − mean_a A  (per atom for C51)
+        return value + advantage - advantage.mean(dim=1, keepdim=True)
+
+    def forward(self, obs: PyTorchObs) -> th.Tensor:
+        """
+        Predict the Q-values (the expected values of the return distribution for C51).
+
+        :param obs: Observation
+        :return: The estimated Q-Value for each action, shape ``(batch, n_actions)``.
+        """
+        if not self.distributional:
+            return self._head(obs)
+        return (self._head(obs).softmax(dim=-1) * self.support).sum(dim=-1)
+
+    def log_probs(self, obs: PyTorchObs) -> th.Tensor:
+        """
+        Log-probabilities of the C51 return distribution.
+
+        :param obs: Observation
+        :return: ``log p(s, a, z_i)``, shape ``(batch, n_actions, n_atoms)``
+        """
+        if not self.distributional:
+            raise ScratchDQNError("log_probs() needs a distributional network (set n_atoms in policy_kwargs)")
+        return self._head(obs).log_softmax(dim=-1)
+
+    def reset_noise(self) -> None:
+        """Resample the noise of every noisy layer (no-op without noisy layers)."""
+        for layer in self._noisy_layers:
+            layer.reset_noise()
+
+    @contextmanager
+    def mean_weights(self) -> Iterator[None]:
+        """Within this context, noisy layers use their mean weights ``μ`` only."""
+        for layer in self._noisy_layers:
+            layer.noise_enabled = False
+        try:
+            yield
+        finally:
+            for layer in self._noisy_layers:
+                layer.noise_enabled = True
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
+        if deterministic and self.noisy:
+            with self.mean_weights():
+                q_values = self(observation)
+        else:
+            q_values = self(observation)
+        # Greedy action
+        return q_values.argmax(dim=1).reshape(-1)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            dict(
+                net_arch=self.net_arch,
+                features_dim=self.features_dim,
+                activation_fn=self.activation_fn,
+                features_extractor=self.features_extractor,
+                dueling=self.dueling,
+                dueling_net_arch=self.dueling_net_arch,
+                noisy=self.noisy,
+                noisy_std_init=self.noisy_std_init,
+                n_atoms=self.n_atoms,
+                v_min=self.v_min,
+                v_max=self.v_max,
+            )
+        )
+        return data
+
+
+class DQNPolicy(BasePolicy):
+    """
+    Policy class with the online Q-network ``q_net``, the target network ``q_net_target`` and the optimizer.
+
+    :param observation_space: Observation space
+    :param action_space: Action space
+    :param lr_schedule: Learning rate schedule (could be constant)
+    :param net_arch: The specification of the Q-network's hidden layers.
+    :param activation_fn: Activation function
+    :param features_extractor_class: Features extractor to use.
+    :param features_extractor_kwargs: Keyword arguments to pass to the features extractor.
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0 (True by default)
+    :param optimizer_class: The optimizer to use, ``th.optim.Adam`` by default
+    :param optimizer_kwargs: Additional keyword arguments, excluding the learning rate, to pass to the optimizer
+    :param dueling: use a dueling head ``Q = V + A − mean(A)``
+    :param dueling_net_arch: hidden layers of each dueling stream, ``dict(value=[...], advantage=[...])``
+    :param noisy: use factorised-Gaussian noisy linear layers (NoisyNet exploration)
+    :param noisy_std_init: σ₀ of the noisy layers
+    :param n_atoms: number of atoms of the C51 distributional head (``None``: expected-value DQN)
+    :param v_min: lowest support point of C51
+    :param v_max: highest support point of C51
+    """
+
+    q_net: QNetwork
+    q_net_target: QNetwork
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        lr_schedule: Schedule,
+        net_arch: list[int] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        dueling: bool = False,
+        dueling_net_arch: dict[str, list[int]] | None = None,
+        noisy: bool = False,
+        noisy_std_init: float = 0.5,
+        n_atoms: int | None = None,
+        v_min: float = -10.0,
+        v_max: float = 10.0,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor_class,
+            features_extractor_kwargs,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs,
+            normalize_images=normalize_images,
+        )
+        if net_arch is None:
+            net_arch = [] if features_extractor_class == NatureCNN else [64, 64]
+        _check_policy_kwargs(net_arch, dueling_net_arch, noisy_std_init, n_atoms, v_min, v_max)
+
+        self.net_arch = net_arch
+        self.activation_fn = activation_fn
+        self.net_args = {
+            "observation_space": self.observation_space,
+            "action_space": self.action_space,
+            "net_arch": self.net_arch,
+            "activation_fn": self.activation_fn,
+            "normalize_images": normalize_images,
+            "dueling": dueling,
+            "dueling_net_arch": dueling_net_arch,
+            "noisy": noisy,
+            "noisy_std_init": noisy_std_init,
+            "n_atoms": n_atoms,
+            "v_min": v_min,
+            "v_max": v_max,
+        }
+        self._build(lr_schedule)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        """
+        Create the online and target networks (the target starts as a copy, in evaluation mode) and the optimizer.
+
+        :param lr_schedule: Learning rate schedule; ``lr_schedule(1)`` is the initial learning rate
+        """
+        self.q_net = self.make_q_net()
+        self.q_net_target = self.make_q_net()
+        self.q_net_target.load_state_dict(self.q_net.state_dict())
+        self.q_net_target.set_training_mode(False)
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
+            self.q_net.parameters(),
+            lr=lr_schedule(1),
+            **self.optimizer_kwargs,
+        )
+
+    def make_q_net(self) -> QNetwork:
+        # Each network gets its own features extractor
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return QNetwork(**net_args).to(self.device)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = True) -> th.Tensor:
+        return self._predict(obs, deterministic=deterministic)
+
+    def _predict(self, obs: PyTorchObs, deterministic: bool = True) -> th.Tensor:
+        return self.q_net._predict(obs, deterministic=deterministic)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            dict(
+                net_arch=self.net_args["net_arch"],
+                activation_fn=self.net_args["activation_fn"],
+                lr_schedule=self._dummy_schedule,  # not needed for loading the policy alone
+                optimizer_class=self.optimizer_class,
+                optimizer_kwargs=self.optimizer_kwargs,
+                features_extractor_class=self.features_extractor_class,
+                features_extractor_kwargs=self.features_extractor_kwargs,
+                dueling=self.net_args["dueling"],
+                dueling_net_arch=self.net_args["dueling_net_arch"],
+                noisy=self.net_args["noisy"],
+                noisy_std_init=self.net_args["noisy_std_init"],
+                n_atoms=self.net_args["n_atoms"],
+                v_min=self.net_args["v_min"],
+                v_max=self.net_args["v_max"],
+            )
+        )
+        return data
+
+    def set_training_mode(self, mode: bool) -> None:
+        """
+        Put the online network in training or evaluation mode (batch norm, dropout); the target stays in eval mode.
+
+        :param mode: if true, set to training mode, else set to evaluation mode
+        """
+        self.q_net.set_training_mode(mode)
+        self.training = mode
+
+
+def _check_policy_kwargs(
+    net_arch: Any,
+    dueling_net_arch: Any,
+    noisy_std_init: float,
+    n_atoms: int | None,
+    v_min: float,
+    v_max: float,
+) -> None:
+    def widths_ok(arch: Any) -> bool:
+        return isinstance(arch, (list, tuple)) and all(isinstance(w, int) and w > 0 for w in arch)
+
+    if not widths_ok(net_arch):
+        raise ScratchDQNError(f"net_arch must be a list of positive layer widths, got {net_arch!r}")
+    if dueling_net_arch is not None:
+        if not isinstance(dueling_net_arch, dict) or not set(dueling_net_arch) <= {"value", "advantage"}:
+            raise ScratchDQNError(
+                f"dueling_net_arch must be dict(value=[...], advantage=[...]), got {dueling_net_arch!r}"
+            )
+        for stream, arch in dueling_net_arch.items():
+            if not widths_ok(arch):
+                raise ScratchDQNError(f"dueling_net_arch[{stream!r}] must be a list of positive widths, got {arch!r}")
+    if not (math.isfinite(noisy_std_init) and noisy_std_init >= 0):
+        raise ScratchDQNError(f"noisy_std_init must be a finite number >= 0, got {noisy_std_init}")
+    if n_atoms is not None:
+        if isinstance(n_atoms, bool) or not isinstance(n_atoms, int) or n_atoms < 2:
+            raise ScratchDQNError(f"n_atoms must be an integer >= 2 (or None), got {n_atoms!r}")
+        if not (math.isfinite(v_min) and math.isfinite(v_max) and v_min < v_max):
+            raise ScratchDQNError(f"v_min must be < v_max (both finite), got v_min={v_min}, v_max={v_max}")
+
+
+MlpPolicy = DQNPolicy
+
+
+class CnnPolicy(DQNPolicy):
+    """
+    Policy class for ScratchDQN when using images as input (SB3's ``NatureCNN`` features by default).
+
+    Same parameters as :class:`DQNPolicy`.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        lr_schedule: Schedule,
+        net_arch: list[int] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch,
+            activation_fn,
+            features_extractor_class,
+            features_extractor_kwargs,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+            **kwargs,
+        )
+
+
+class MultiInputPolicy(DQNPolicy):
+    """
+    Policy class for ScratchDQN when using dict observations as input (SB3's ``CombinedExtractor`` by default).
+
+    Same parameters as :class:`DQNPolicy`.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Discrete,
+        lr_schedule: Schedule,
+        net_arch: list[int] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch,
+            activation_fn,
+            features_extractor_class,
+            features_extractor_kwargs,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+            **kwargs,
+        )

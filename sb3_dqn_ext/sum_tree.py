@@ -1,0 +1,179 @@
+"""A sum-tree over non-negative priorities, for proportional sampling in O(log n).
+
+The tree knows nothing about reinforcement learning: it stores one float64 priority per leaf and answers "which leaf
+does this prefix sum fall in", "what is the total" and "what is the smallest positive priority". Every operation is
+vectorised over a batch of leaves; the only Python loops run over the ``O(log n)`` levels of the tree.
+
+Layout: one flat array per tree, the root at index 1 and the children of node ``i`` at ``2 i`` and ``2 i + 1``. The
+leaves sit at ``[n_leaves, n_leaves + capacity)`` where ``n_leaves`` is ``capacity`` rounded up to a power of two; the
+padding leaves hold priority 0, so they are never sampled. Parents are always recomputed from their children (never
+updated by adding a delta), so float round-off does not accumulate over millions of updates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SumTree:
+    """
+    Binary sum-tree over ``capacity`` non-negative float64 priorities, with a parallel min-tree.
+
+    Used by prioritized experience replay (Schaul et al., 2016) to sample leaf ``i`` with probability
+    ``p_i / sum_j p_j``. A parallel min-tree keeps the smallest *positive* priority in O(log n) per update, which the
+    importance-sampling weights need; zero-priority leaves are left out of it because they can never be sampled.
+
+    The state is a few plain numpy arrays and ints, so the tree pickles (and deep-copies) as it is.
+
+    :param capacity: Number of leaves (any integer >= 1, not necessarily a power of two).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
+            raise ValueError(f"SumTree capacity must be an integer >= 1, got {capacity!r}")
+        self.capacity = int(capacity)
+        self._depth = (self.capacity - 1).bit_length()
+        self._n_leaves = 1 << self._depth
+        self._sums = np.zeros(2 * self._n_leaves, dtype=np.float64)
+        # Zero-priority and padding leaves hold +inf so that they never become the minimum.
+        self._mins = np.full(2 * self._n_leaves, np.inf, dtype=np.float64)
+        self._max_priority = 0.0
+
+    @property
+    def total(self) -> float:
+        """Sum of all priorities."""
+        return float(self._sums[1])
+
+    @property
+    def min_priority(self) -> float:
+        """Smallest strictly positive priority, or ``inf`` when every priority is 0."""
+        return float(self._mins[1])
+
+    @property
+    def max_priority(self) -> float:
+        """
+        Largest priority ever written (0.0 before the first write).
+
+        This is the running maximum of all writes, not the current maximum: lowering a leaf later does not lower it.
+        That is what PER needs to give new transitions "the maximal priority seen so far", and it is O(1). Dopamine's
+        ``max_recorded_priority`` is the same quantity, starting at 1.0 instead of 0.0; a replay buffer that wants
+        that floor applies it itself.
+        """
+        return self._max_priority
+
+    def update(self, indices: np.ndarray, priorities: np.ndarray | float) -> None:
+        """
+        Set the priorities of a batch of leaves and refresh their ancestors.
+
+        When a leaf appears several times in ``indices`` the last write wins, as in a sequential loop.
+
+        :param indices: Integer leaf indices in ``[0, capacity)``, any shape.
+        :param priorities: Finite, non-negative priorities, broadcastable to the shape of ``indices``.
+        """
+        indices = self._check_indices(indices).ravel()
+        priorities = np.asarray(priorities, dtype=np.float64)
+        try:
+            priorities = np.broadcast_to(priorities, indices.shape)
+        except ValueError:
+            raise ValueError(f"priorities of shape {priorities.shape} do not match {indices.size} indices") from None
+        if not np.all(np.isfinite(priorities)) or np.any(priorities < 0):
+            raise ValueError("priorities must be finite and >= 0")
+        if indices.size == 0:
+            return
+        # Sequential semantics: a duplicate that is overwritten within the batch was still written.
+        self._max_priority = max(self._max_priority, float(priorities.max()))
+
+        # Keep the last occurrence of each leaf: np.unique on the reversed array returns first occurrences.
+        unique_leaves, first_in_reversed = np.unique(indices[::-1], return_index=True)
+        leaf_priorities = priorities[::-1][first_in_reversed]
+
+        nodes = unique_leaves + self._n_leaves
+        self._sums[nodes] = leaf_priorities
+        self._mins[nodes] = np.where(leaf_priorities > 0, leaf_priorities, np.inf)
+
+        # One vectorised step per level. Siblings share a parent, which is then written twice with the same value
+        # (its children are final by then), so parents need no deduplication.
+        for _ in range(self._depth):
+            nodes = nodes >> 1
+            left = 2 * nodes
+            self._sums[nodes] = self._sums[left] + self._sums[left + 1]
+            self._mins[nodes] = np.minimum(self._mins[left], self._mins[left + 1])
+
+    def get(self, indices: np.ndarray | int) -> np.ndarray | float:
+        """
+        Priorities of the given leaves.
+
+        :param indices: Integer leaf indices in ``[0, capacity)``, a scalar or an array of any shape.
+        :return: A float for a scalar index, else a float64 array of the same shape as ``indices``.
+        """
+        checked = self._check_indices(indices)
+        values = self._sums[checked + self._n_leaves]
+        return float(values) if checked.ndim == 0 else values
+
+    __getitem__ = get
+
+    def find_prefix_sum(self, values: np.ndarray) -> np.ndarray:
+        """
+        For each value ``v``, the leaf ``i`` with ``sum(p[:i]) <= v < sum(p[:i + 1])``.
+
+        This is ``np.searchsorted(np.cumsum(p), v, side="right")`` computed by one descent of the tree per level.
+        The descent never enters a subtree whose sum is 0, so it never returns a zero-priority leaf, even when float
+        round-off pushes ``v`` to (or just past) the edge of its subtree; ``v == total`` maps to the last leaf with a
+        positive priority.
+
+        :param values: Prefix sums in ``[0, total]``, any shape.
+        :return: int64 leaf indices of the same shape as ``values``.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        total = self.total
+        if total <= 0.0:
+            raise ValueError("cannot search a SumTree whose priorities are all 0")
+        if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values > total):
+            raise ValueError(f"prefix sums must lie in [0, total={total}]")
+
+        remaining = values.ravel().copy()
+        nodes = np.ones(remaining.shape, dtype=np.int64)
+        for _ in range(self._depth):
+            left = 2 * nodes
+            left_sum = self._sums[left]
+            go_right = (remaining >= left_sum) & (self._sums[left + 1] > 0)
+            remaining -= np.where(go_right, left_sum, 0.0)
+            nodes = left + go_right
+        return (nodes - self._n_leaves).reshape(values.shape)
+
+    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """
+        Stratified proportional sampling: leaf ``i`` is drawn with probability ``p_i / total``.
+
+        ``[0, total)`` is split into ``batch_size`` equal segments and one value is drawn uniformly in each (Schaul et
+        al., 2016, appendix B.2.1), which lowers the variance of a batch compared with independent draws.
+
+        :param batch_size: Number of leaves to draw (>= 1).
+        :param rng: Random generator (``np.random.Generator`` or ``RandomState``). ``None`` uses numpy's global
+            generator, which ``stable_baselines3.common.utils.set_random_seed`` seeds.
+        :return: int64 leaf indices of shape ``(batch_size,)``; never a leaf whose priority is 0.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        total = self.total
+        if total <= 0.0:
+            raise ValueError("cannot sample from a SumTree whose priorities are all 0")
+        # SB3's set_random_seed seeds numpy's global generator, so that is the default stream.
+        uniform = np.random.random(batch_size) if rng is None else rng.random(batch_size)  # noqa: NPY002
+        values = (np.arange(batch_size) + uniform) * (total / batch_size)
+        # Round-off can push the last value to ``total``; find_prefix_sum maps it to the last positive leaf.
+        return self.find_prefix_sum(np.minimum(values, total))
+
+    def _check_indices(self, indices: np.ndarray | int) -> np.ndarray:
+        indices = np.asarray(indices)
+        if indices.size and not np.issubdtype(indices.dtype, np.integer):
+            raise ValueError(f"SumTree indices must be integers, got dtype {indices.dtype}")
+        indices = indices.astype(np.int64, copy=False)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.capacity):
+            raise ValueError(
+                f"SumTree indices must lie in [0, {self.capacity}), got [{indices.min()}, {indices.max()}]"
+            )
+        return indices
+
+    def __repr__(self) -> str:
+        return f"SumTree(capacity={self.capacity}, total={self.total:.6g})"

@@ -1,0 +1,100 @@
+"""Study storage: SQLite in the output folder by default, any SQLAlchemy URL (PostgreSQL) for many machines.
+
+Credentials come only from the URL, from the ``SB3_DQN_EXT_TUNING_STORAGE`` environment variable holding it, or from
+the database driver's own environment (``PGPASSWORD``, ``~/.pgpass``); they are never printed: every URL shown goes
+through :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+STORAGE_ENV_VAR = "SB3_DQN_EXT_TUNING_STORAGE"
+# How many times a trial whose worker died (no heartbeat for ``grace_period`` seconds) is run again.
+MAX_RETRY = 3
+
+
+class StorageError(Exception):
+    """The storage cannot be opened; the message is one line and holds no password."""
+
+
+def resolve_url(storage: str | None, out: Path) -> str:
+    """``--storage``, else ``$SB3_DQN_EXT_TUNING_STORAGE``, else ``sqlite:///OUT/study.db``."""
+    url = storage or os.environ.get(STORAGE_ENV_VAR)
+    return url or f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def _parse(url: str):
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except ArgumentError as error:
+        raise StorageError(f"storage URL is not a database URL (like sqlite:///study.db): {error}") from None
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***``, fit for logs."""
+    try:
+        return _parse(url).render_as_string(hide_password=True)
+    except StorageError:
+        return "<unparsable storage URL>"
+
+
+def dashboard_command(url: str) -> str:
+    """The ``optuna-dashboard`` command line for the study's storage, without the password.
+
+    A PostgreSQL password is then read by the driver from ``PGPASSWORD`` or ``~/.pgpass``.
+    """
+    without_password = _parse(url).set(password=None).render_as_string(hide_password=False)
+    return f"optuna-dashboard {shlex.quote(without_password)}"
+
+
+def _engine_kwargs(backend: str) -> dict:
+    if backend == "sqlite":
+        # Several local worker processes share the file: wait for its lock instead of failing.
+        return {"connect_args": {"timeout": 60}}
+    if backend.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    return {"pool_pre_ping": True}
+
+
+def open_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 120) -> RDBStorage:
+    """Connect to (and create the tables of) an RDB storage with heartbeats.
+
+    A running trial whose worker stops sending heartbeats for ``grace_period`` seconds (killed, machine lost) is
+    marked failed the next time any worker starts a trial, and :class:`RetryHeartbeatStaleTrialCallback` queues a
+    copy of it, which the next free worker runs.
+
+    :raises StorageError: with a one-line message naming the problem when the storage cannot be reached
+    """
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise StorageError(f"storage {redact(url)}: folder {folder} does not exist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=_engine_kwargs(backend),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
+        except ImportError:
+            raise StorageError(
+                f"no database driver for {backend} storage: pip install 'sb3-dqn-ext[tuning]' (psycopg2 for PostgreSQL)"
+            ) from None
+        except Exception as error:  # SQLAlchemy wraps the driver's errors; keep their first line only
+            first_line = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            raise StorageError(f"cannot open storage {redact(url)}: {first_line}") from None
