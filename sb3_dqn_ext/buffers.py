@@ -181,7 +181,7 @@ class ReplayBuffer(BaseBuffer):
         self.rewards[pos] = reward
         self.dones[pos] = done
         if self.handle_timeout_termination:
-            self.timeouts[pos] = [info.get("TimeLimit.truncated", False) for info in infos]
+            self.timeouts[pos] = np.array([info.get("TimeLimit.truncated", False) for info in infos])
         self._on_add(pos)
         self.pos += 1
         if self.pos == self.buffer_size:

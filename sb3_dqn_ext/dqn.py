@@ -215,7 +215,7 @@ class ScratchDQN(OffPolicyAlgorithm):
             supported_action_spaces=None,  # checked below, with our error
             support_multi_env=True,
         )
-        check_spaces(self.observation_space, self.action_space)
+        check_spaces(getattr(self, "observation_space", None), getattr(self, "action_space", None))
 
         if self.policy_kwargs.get("noisy", False) and (exploration_initial_eps, exploration_final_eps) == (1.0, 0.05):
             # NoisyNet explores through its weights: no ε-greedy unless asked for explicitly

@@ -114,20 +114,20 @@ def make_pruner(name: str, n_timesteps: int, eval_freq: int) -> optuna.pruners.B
 def load_study(config: TuningConfig) -> optuna.Study:
     """Create the study, or load it and check that it optimises the same objective.
 
-    The sampler's seed mixes ``--seed`` with the process id, so that workers running side by side, here or on other
-    machines, and resumed runs do not sample the same trials. The training seeds (``--seed``, ``--seed`` + 1, ...)
-    are the same in every trial of a study, so that trials differ by their hyperparameters only.
+    The sampler's seed mixes ``--seed`` with the process id and the study's size, so that workers running side by
+    side, here or on other machines, and resumed runs do not sample the same trials. The training seeds (``--seed``,
+    ``--seed`` + 1, ...) are the same in every trial of a study, so that trials differ by their hyperparameters only.
     """
     storage = open_storage(config.storage, config.heartbeat_interval, config.grace_period)
-    sampler_seed = int(np.random.SeedSequence([config.seed, os.getpid()]).generate_state(1)[0])
     study = optuna.create_study(
         storage=storage,
         study_name=config.study_name,
         direction="maximize",
-        sampler=make_sampler(config.sampler, sampler_seed),
         pruner=make_pruner(config.pruner, config.n_timesteps, config.eval_freq),
         load_if_exists=True,
     )
+    entropy = [config.seed, os.getpid(), len(study.get_trials(deepcopy=False))]
+    study.sampler = make_sampler(config.sampler, int(np.random.SeedSequence(entropy).generate_state(1)[0]))
     for key in OBJECTIVE_SETTINGS:
         value = getattr(config, key)
         stored = study.user_attrs.get(key)

@@ -7,6 +7,7 @@ through :func:`redact`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import warnings
@@ -53,8 +54,22 @@ def dashboard_command(url: str) -> str:
 
     A PostgreSQL password is then read by the driver from ``PGPASSWORD`` or ``~/.pgpass``.
     """
-    without_password = _parse(url).set(password=None).render_as_string(hide_password=False)
-    return f"optuna-dashboard {shlex.quote(without_password)}"
+    from sqlalchemy.engine import URL
+
+    parsed = _parse(url)
+    without_password = URL.create(
+        parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database, parsed.query
+    )
+    return f"optuna-dashboard {shlex.quote(without_password.render_as_string(hide_password=False))}"
+
+
+def _with_installed_driver(parsed):
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; fall back to psycopg2 when only that one is installed."""
+    if parsed.drivername != "postgresql" or importlib.util.find_spec("psycopg") is not None:
+        return parsed
+    if importlib.util.find_spec("psycopg2") is not None:
+        return parsed.set(drivername="postgresql+psycopg2")
+    return parsed
 
 
 def _engine_kwargs(backend: str) -> dict:
@@ -75,7 +90,7 @@ def open_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 120
 
     :raises StorageError: with a one-line message naming the problem when the storage cannot be reached
     """
-    parsed = _parse(url)
+    parsed = _with_installed_driver(_parse(url))
     backend = parsed.get_backend_name()
     if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
         folder = Path(parsed.database).parent
@@ -85,7 +100,7 @@ def open_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 120
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return RDBStorage(
-                url,
+                parsed.render_as_string(hide_password=False),
                 engine_kwargs=_engine_kwargs(backend),
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,

@@ -1,0 +1,146 @@
+"""Many workers on one PostgreSQL study: a worker killed mid-trial has its trial failed and retried.
+
+The server's URL comes from ``SB3_DQN_EXT_TEST_PG_URL``; without it, a throw-away server is started when PostgreSQL's
+``initdb`` and ``pg_ctl`` are installed. With neither the tests are skipped, except in CI (``CI=true``), where they
+fail.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuning.storage import StorageError, open_storage
+
+REPO = Path(__file__).resolve().parents[1]
+URL_ENV_VAR = "SB3_DQN_EXT_TEST_PG_URL"
+
+pytestmark = pytest.mark.postgres
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but no PostgreSQL server: {reason}")
+    pytest.skip(f"no PostgreSQL server: {reason}; set {URL_ENV_VAR} or install PostgreSQL (initdb, pg_ctl)")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_throwaway_server(folder: Path):
+    """Start a trust-authenticated server in ``folder``; returns ``(url, stop)`` or ``None``."""
+    bindirs = [os.path.dirname(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]
+    bindir = os.path.dirname(shutil.which("initdb") or "") or next(iter(bindirs), None)
+    if bindir is None:
+        return None
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            return None
+        run_as = ["runuser", "-u", "postgres", "--"]
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+    data, port = folder / "data", _free_port()
+    commands = [
+        [f"{bindir}/initdb", "-D", str(data), "-U", "tuning", "--auth=trust"],
+        [f"{bindir}/pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "start", "-o",
+         f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"],
+        [f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "tuning", "tuning"],
+    ]  # fmt: skip
+    for command in commands:
+        if subprocess.run(run_as + command, capture_output=True, timeout=120).returncode != 0:
+            return None
+
+    def stop() -> None:
+        subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+    return f"postgresql://tuning@127.0.0.1:{port}/tuning", stop
+
+
+@pytest.fixture(scope="module")
+def pg_url(tmp_path_factory):
+    url, stop = os.environ.get(URL_ENV_VAR), None
+    if not url:
+        started = _start_throwaway_server(tmp_path_factory.mktemp("postgres"))
+        if started is None:
+            _unavailable(f"{URL_ENV_VAR} is not set and no throw-away server could be started")
+        url, stop = started
+    try:
+        open_storage(url)
+    except StorageError as error:
+        _unavailable(str(error))
+    yield url
+    if stop is not None:
+        stop()
+
+
+def start_worker(url: str, study_name: str, log: Path) -> subprocess.Popen:
+    """One ``python -m tuning`` worker command, as on one machine of many."""
+    command = [
+        sys.executable, "-m", "tuning", "--algo", "sb3_dqn", "--env", "CartPole-v1", "--storage", url,
+        "--study-name", study_name, "--out", str(log.parent / log.stem), "--n-trials", "4", "--n-timesteps", "3000",
+        "--eval-freq", "1500", "--n-eval-episodes", "2", "--pruner", "none", "--heartbeat-interval", "1",
+        "--grace-period", "2",
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def running_trial_of(study: optuna.Study, pid: int) -> int | None:
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker", "").endswith(f":{pid}"):
+            return trial.number
+    return None
+
+
+def test_a_killed_workers_trial_is_failed_and_retried_and_no_completed_trial_is_lost(pg_url, tmp_path):
+    study_name = f"test-kill-{uuid.uuid4().hex[:8]}"
+    victim = start_worker(pg_url, study_name, tmp_path / "victim.log")
+    survivor = start_worker(pg_url, study_name, tmp_path / "survivor.log")
+    try:
+        killed = None
+        deadline = time.monotonic() + 120
+        while killed is None and time.monotonic() < deadline and victim.poll() is None:
+            time.sleep(0.2)
+            try:
+                study = optuna.load_study(study_name=study_name, storage=open_storage(pg_url))
+            except KeyError:  # not created yet
+                continue
+            killed = running_trial_of(study, victim.pid)
+        assert killed is not None, (tmp_path / "victim.log").read_text()[-3000:]
+        time.sleep(1.0)  # well inside the trial, with heartbeats recorded
+        victim.send_signal(signal.SIGKILL)
+        assert survivor.wait(timeout=300) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
+    finally:
+        for worker in (victim, survivor):
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(pg_url)).trials
+    states = {trial.number: trial.state for trial in trials}
+    assert states[killed] == TrialState.FAIL
+    retries = [trial for trial in trials if trial.system_attrs.get("failed_trial") == killed]
+    assert [trial.state for trial in retries] == [TrialState.COMPLETE]
+    assert retries[0].params == trials[killed].params
+    assert [n for n, state in states.items() if state != TrialState.COMPLETE] == [killed]
+    assert sum(state == TrialState.COMPLETE for state in states.values()) == 4
+    log = (tmp_path / "survivor.log").read_text()
+    assert f"(retry of trial {killed})" in log
+    password = optuna.storages.RDBStorage  # noqa: F841 - placeholder removed below
