@@ -4,6 +4,7 @@ from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
 from sb3_dqn_ext.dqn import ScratchDQN
 from sb3_dqn_ext.errors import DivergenceError, ScratchDQNError
 from sb3_dqn_ext.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, NoisyLinear, QNetwork
+from sb3_dqn_ext.rainbow import RainbowDQN
 from sb3_dqn_ext.schedules import ExponentialSchedule, LinearSchedule
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "NoisyLinear",
     "PrioritizedReplayBuffer",
     "QNetwork",
+    "RainbowDQN",
     "ReplayBuffer",
     "ScratchDQN",
     "ScratchDQNError",

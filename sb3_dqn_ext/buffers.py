@@ -361,23 +361,40 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         # one leaf per (row, env): leaf = row * n_envs + env
         self.tree = SumTree(self.buffer_size * self.n_envs)
         self.max_priority = 1.0  # stored as p^α
+        # rows added since the last sample: they get the max priority in one batched tree update
+        self._pending_rows = 0
 
     def set_progress(self, progress_remaining: float) -> None:
         """Anneal β linearly: ``β = β_0 + (1 − progress_remaining) · (β_final − β_0)``."""
         self.beta = self.initial_beta + (1.0 - progress_remaining) * (self.final_beta - self.initial_beta)
 
     def _on_add(self, pos: int) -> None:
-        leaves = pos * self.n_envs + np.arange(self.n_envs)
-        self.tree.update(leaves, np.full(self.n_envs, self.max_priority))
-        if self.optimize_memory_usage:
-            # the next row's next observation is about to be overwritten: it must not be sampled
-            nxt = (pos + 1) % self.buffer_size
-            self.tree.update(nxt * self.n_envs + np.arange(self.n_envs), np.zeros(self.n_envs))
+        self._pending_rows = min(self._pending_rows + 1, self.buffer_size)
+
+    def _flush_new_rows(self) -> None:
+        """
+        Give the rows added since the last sample the max priority, in one tree update.
+
+        Priorities only change in :meth:`update_priorities`, after a sample, so the max priority at the flush is the
+        max priority at the time each row was added: the same as writing the priority in :meth:`add`.
+        """
+        if self._pending_rows == 0:
+            return
+        rows = (self.pos - self._pending_rows + np.arange(self._pending_rows)) % self.buffer_size
+        priorities = np.full(rows.size * self.n_envs, self.max_priority)
+        if self.optimize_memory_usage and self.full:
+            # row `pos` is about to be overwritten (its next observation already is): never sample it
+            rows = np.append(rows, self.pos)
+            priorities = np.append(priorities, np.zeros(self.n_envs))
+        leaves = (rows[:, None] * self.n_envs + np.arange(self.n_envs)).reshape(-1)
+        self.tree.update(leaves, priorities)
+        self._pending_rows = 0
 
     def reset(self) -> None:
         super().reset()
         self.tree = SumTree(self.buffer_size * self.n_envs)
         self.max_priority = 1.0
+        self._pending_rows = 0
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> PrioritizedReplayBufferSamples:  # type: ignore[override]
         """
@@ -388,16 +405,14 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         :return: the batch with importance weights ``weights`` (shape ``(batch, 1)``) and the sampled leaf
             ``indices`` to pass back to :meth:`update_priorities`
         """
+        self._flush_new_rows()
         if self.tree.total <= 0.0:
             raise ScratchDQNError("cannot sample from an empty replay buffer")
         leaves = self.tree.sample(batch_size)
         batch_inds, env_indices = np.divmod(leaves, self.n_envs)
         samples = self._get_samples(batch_inds, env=env, env_indices=env_indices)
-        # w_i = (N P(i))^-β / max_j w_j, with max_j w_j = (N min_j P(j))^-β
-        total = self.tree.total
-        n = self.size() * self.n_envs
-        probs = self.tree.get(leaves) / total
-        weights = (probs / (self.tree.min_priority / total)) ** (-self.beta) if n > 0 else np.ones_like(probs)
+        # w_i = (N P(i))^-β / max_j w_j = (p_i / min_j p_j)^-β, since max_j w_j = (N min_j P(j))^-β
+        weights = (self.tree.get(leaves) / self.tree.min_priority) ** (-self.beta)
         return PrioritizedReplayBufferSamples(
             *samples,
             weights=self.to_torch(weights.astype(np.float32).reshape(-1, 1), copy=False),

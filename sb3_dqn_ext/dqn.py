@@ -331,8 +331,8 @@ class ScratchDQN(OffPolicyAlgorithm):
     def _sample_action(
         self, learning_starts: int, action_noise: Any = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
-        if self._noisy:
-            # NoisyNet: a new noise sample for each action selection
+        if self._noisy and self.num_timesteps >= learning_starts:
+            # NoisyNet: a new noise sample for each action selection (warm-up actions are uniform)
             self.q_net.reset_noise()
         return super()._sample_action(learning_starts, action_noise, n_envs)
 

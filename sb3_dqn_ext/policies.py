@@ -49,6 +49,8 @@ class NoisyLinear(nn.Module):
     ``f(x) = sign(x) √|x|`` and ``ε_in, ε_out ~ N(0, 1)``. Initialisation: ``μ ~ U(−1/√p, 1/√p)`` and
     ``σ = σ₀ / √p`` with ``p`` the number of inputs.
 
+    The noisy weight matrix is never materialised: because the noise factorises,
+    ``(σ_w ⊙ ε_out ε_inᵀ) x = ε_out ⊙ (σ_w (ε_in ⊙ x))``, two matrix products of the layer's size.
     The noise is a buffer: it changes only when :meth:`reset_noise` is called, whatever ``self.training`` is.
     With ``noise_enabled = False`` the layer is ``nn.Linear`` on the mean weights.
 
@@ -67,8 +69,8 @@ class NoisyLinear(nn.Module):
         self.weight_sigma = nn.Parameter(th.empty(out_features, in_features))
         self.bias_mu = nn.Parameter(th.empty(out_features))
         self.bias_sigma = nn.Parameter(th.empty(out_features))
-        self.register_buffer("weight_epsilon", th.zeros(out_features, in_features))
-        self.register_buffer("bias_epsilon", th.zeros(out_features))
+        self.register_buffer("epsilon_in", th.zeros(in_features))
+        self.register_buffer("epsilon_out", th.zeros(out_features))
         bound = 1.0 / math.sqrt(in_features)
         nn.init.uniform_(self.weight_mu, -bound, bound)
         nn.init.uniform_(self.bias_mu, -bound, bound)
@@ -76,25 +78,29 @@ class NoisyLinear(nn.Module):
         nn.init.constant_(self.bias_sigma, std_init / math.sqrt(in_features))
         self.reset_noise()
 
-    @staticmethod
-    def _scaled_noise(size: int, device: th.device) -> th.Tensor:
-        x = th.randn(size, device=device)
-        return x.sign() * x.abs().sqrt()
-
     @th.no_grad()
     def reset_noise(self) -> None:
-        """Draw new factorised noise ``ε_in``, ``ε_out`` from torch's global generator."""
-        eps_in = self._scaled_noise(self.in_features, self.weight_mu.device)
-        eps_out = self._scaled_noise(self.out_features, self.weight_mu.device)
-        self.weight_epsilon.copy_(th.outer(eps_out, eps_in))
-        self.bias_epsilon.copy_(eps_out)
+        """Draw new factorised noise ``f(ε_in)``, ``f(ε_out)`` from torch's global generator."""
+        eps = th.randn(self.in_features + self.out_features, device=self.weight_mu.device)
+        eps = eps.sign() * eps.abs().sqrt()
+        self.epsilon_in.copy_(eps[: self.in_features])
+        self.epsilon_out.copy_(eps[self.in_features :])
+
+    @property
+    def weight(self) -> th.Tensor:
+        """The current noisy weight ``μ_w + σ_w ⊙ f(ε_out) f(ε_in)ᵀ`` (materialised for inspection only)."""
+        return self.weight_mu + self.weight_sigma * th.outer(self.epsilon_out, self.epsilon_in)
+
+    @property
+    def bias(self) -> th.Tensor:
+        """The current noisy bias ``μ_b + σ_b ⊙ f(ε_out)``."""
+        return self.bias_mu + self.bias_sigma * self.epsilon_out
 
     def forward(self, x: th.Tensor) -> th.Tensor:
+        mean = F.linear(x, self.weight_mu, self.bias_mu)
         if not self.noise_enabled:
-            return F.linear(x, self.weight_mu, self.bias_mu)
-        weight = self.weight_mu + self.weight_sigma * self.weight_epsilon
-        bias = self.bias_mu + self.bias_sigma * self.bias_epsilon
-        return F.linear(x, weight, bias)
+            return mean
+        return mean + (F.linear(x * self.epsilon_in, self.weight_sigma) + self.bias_sigma) * self.epsilon_out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, std_init={self.std_init}"

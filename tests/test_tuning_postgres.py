@@ -15,13 +15,16 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from tuning.storage import StorageError, open_storage
 
@@ -43,21 +46,35 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_throwaway_server(folder: Path):
-    """Start a trust-authenticated server in ``folder``; returns ``(url, stop)`` or ``None``."""
-    bindirs = [os.path.dirname(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]
-    bindir = os.path.dirname(shutil.which("initdb") or "") or next(iter(bindirs), None)
+def _start_throwaway_server() -> tuple[str, Callable[[], None]]:
+    """Start a trust-authenticated server in a temporary folder; returns its URL and a function that stops it.
+
+    :raises RuntimeError: naming why no server could be started
+    """
+    on_path = shutil.which("initdb")
+    candidates = ([os.path.dirname(os.path.realpath(on_path))] if on_path else []) + sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), reverse=True
+    )
+    tools = ("initdb", "pg_ctl", "createdb")
+    bindir = next((d for d in candidates if all(os.path.exists(f"{d}/{tool}") for tool in tools)), None)
     if bindir is None:
-        return None
+        raise RuntimeError("PostgreSQL's initdb, pg_ctl and createdb are not installed")
+    # Not under pytest's tmp_path: the server's user must be able to reach the folder.
+    folder = Path(tempfile.mkdtemp(prefix="sb3-dqn-ext-pg-"))
     run_as: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            return None
+            raise RuntimeError("running as root and there is no 'postgres' user to run the server") from None
         run_as = ["runuser", "-u", "postgres", "--"]
         os.chown(folder, owner.pw_uid, owner.pw_gid)
     data, port = folder / "data", _free_port()
+
+    def stop() -> None:
+        subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
     commands = [
         [f"{bindir}/initdb", "-D", str(data), "-U", "tuning", "--auth=trust"],
         [f"{bindir}/pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "start", "-o",
@@ -65,26 +82,27 @@ def _start_throwaway_server(folder: Path):
         [f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "tuning", "tuning"],
     ]  # fmt: skip
     for command in commands:
-        if subprocess.run(run_as + command, capture_output=True, timeout=120).returncode != 0:
-            return None
-
-    def stop() -> None:
-        subprocess.run(run_as + [f"{bindir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-
+        result = subprocess.run(run_as + command, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            stop()
+            last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{os.path.basename(command[0])} failed: {last_line}")
     return f"postgresql://tuning@127.0.0.1:{port}/tuning", stop
 
 
 @pytest.fixture(scope="module")
-def pg_url(tmp_path_factory):
+def pg_url():
     url, stop = os.environ.get(URL_ENV_VAR), None
     if not url:
-        started = _start_throwaway_server(tmp_path_factory.mktemp("postgres"))
-        if started is None:
-            _unavailable(f"{URL_ENV_VAR} is not set and no throw-away server could be started")
-        url, stop = started
+        try:
+            url, stop = _start_throwaway_server()
+        except RuntimeError as error:
+            _unavailable(f"{URL_ENV_VAR} is not set and no throw-away server could be started ({error})")
     try:
         open_storage(url)
     except StorageError as error:
+        if stop is not None:
+            stop()
         _unavailable(str(error))
     yield url
     if stop is not None:
@@ -143,4 +161,5 @@ def test_a_killed_workers_trial_is_failed_and_retried_and_no_completed_trial_is_
     assert sum(state == TrialState.COMPLETE for state in states.values()) == 4
     log = (tmp_path / "survivor.log").read_text()
     assert f"(retry of trial {killed})" in log
-    password = optuna.storages.RDBStorage  # noqa: F841 - placeholder removed below
+    password = make_url(pg_url).password
+    assert not password or password not in log + (tmp_path / "victim.log").read_text()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tuning.objective import ALGOS
 from tuning.runner import PRUNERS, SAMPLERS
+from tuning.storage import STORAGE_ENV_VAR
 
 PROG = "python -m tuning"
 
@@ -40,45 +41,55 @@ def _positive(kind: type) -> type:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=PROG,
-        description="Tune a DQN's hyperparameters with Optuna; see docs/tuning.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = _Parser(prog=PROG, description="Tune a DQN's hyperparameters with Optuna; see docs/tuning.md.")
+    parser.add_argument("--algo", required=True, choices=ALGOS, help="the algorithm to tune")
+    parser.add_argument("--env", default="CartPole-v1", help="Gymnasium environment id, discrete actions (%(default)s)")
+    parser.add_argument(
+        "--n-trials", type=_positive(int), default=20, help="finished trials this command adds (%(default)s)"
     )
-    parser.add_argument("--algo", required=True, choices=ALGOS, help="algorithm to tune")
-    parser.add_argument("--env", default="CartPole-v1", help="Gymnasium environment id (discrete actions)")
-    parser.add_argument("--n-trials", type=_positive(int), default=20, help="finished trials this command adds")
-    parser.add_argument("--n-timesteps", type=_positive(int), default=20_000, help="training steps per trial and seed")
-    parser.add_argument("--out", type=Path, default=Path("tuning_out"), help="output folder")
+    parser.add_argument(
+        "--n-timesteps", type=_positive(int), default=20_000, help="training steps per trial and seed (%(default)s)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("tuning_out"), help="output folder (%(default)s)")
     parser.add_argument(
         "--storage",
-        default=None,
-        help="Optuna storage URL, e.g. postgresql://user@host/db (default: $SB3_DQN_EXT_TUNING_STORAGE, "
-        "else sqlite:///OUT/study.db)",
+        metavar="URL",
+        help=f"Optuna storage, e.g. postgresql://user@host/db (default: ${STORAGE_ENV_VAR}, else sqlite:///OUT/study.db)",
     )
-    parser.add_argument("--study-name", default=None, help="study name (default: ALGO-ENV, + '-ext' with --extensions)")
-    parser.add_argument("--n-jobs", type=_positive(int), default=1, help="parallel worker processes")
-    parser.add_argument("--seeds-per-trial", type=_positive(int), default=1, help="seeds averaged by the objective")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe")
-    parser.add_argument("--pruner", choices=PRUNERS, default="median")
-    parser.add_argument("--n-eval-episodes", type=_positive(int), default=5, help="episodes per evaluation")
-    parser.add_argument("--eval-freq", type=_positive(int), default=2_000, help="evaluate every N training steps")
+    parser.add_argument("--study-name", help="default: ALGO-ENV, with '-ext' for --extensions")
+    parser.add_argument("--n-jobs", type=_positive(int), default=1, help="parallel worker processes (%(default)s)")
+    parser.add_argument(
+        "--seeds-per-trial", type=_positive(int), default=1, help="training seeds averaged per trial (%(default)s)"
+    )
+    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="(%(default)s)")
+    parser.add_argument("--pruner", choices=PRUNERS, default="median", help="(%(default)s)")
+    parser.add_argument(
+        "--n-eval-episodes", type=_positive(int), default=5, help="episodes per evaluation (%(default)s)"
+    )
+    parser.add_argument(
+        "--eval-freq", type=_positive(int), default=2_000, help="evaluate every N training steps (%(default)s)"
+    )
     parser.add_argument(
         "--extensions",
         action="store_true",
-        help="also tune the ScratchDQN-only parameters (double_q, dueling, n_steps, PER, noisy, C51)",
+        help="also tune the ScratchDQN-only parameters: double_q, dueling, n_steps, PER, noisy, C51",
     )
-    parser.add_argument("--timeout", type=_positive(float), default=None, help="stop starting trials after N seconds")
-    parser.add_argument("--seed", type=int, default=0, help="training seeds are SEED, SEED+1, ...; seeds the sampler")
-    parser.add_argument("--device", default="cpu", help="PyTorch device of the trials")
+    parser.add_argument("--timeout", type=_positive(float), help="start no trial after this many seconds")
     parser.add_argument(
-        "--heartbeat-interval", type=_positive(int), default=60, help="seconds between a running trial's heartbeats"
+        "--seed", type=int, default=0, help="training seeds are SEED, SEED+1, ...; also seeds the sampler (%(default)s)"
+    )
+    parser.add_argument("--device", default="cpu", help="PyTorch device of the trials (%(default)s)")
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=_positive(int),
+        default=60,
+        help="seconds between a running trial's heartbeats (%(default)s)",
     )
     parser.add_argument(
         "--grace-period",
         type=_positive(int),
         default=120,
-        help="seconds without heartbeat after which a running trial is failed and retried",
+        help="seconds without heartbeat after which a running trial is failed and retried (%(default)s)",
     )
     return parser
 

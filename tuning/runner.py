@@ -200,7 +200,7 @@ def describe(trial: FrozenTrial) -> str:
         steps = max(trial.intermediate_values, default=0)
         outcome = trial.user_attrs.get("fail_reason") or f"pruned at step {steps}"
     else:
-        outcome = trial.user_attrs.get("fail_reason", "no heartbeat or error, see the worker's log")
+        outcome = trial.user_attrs.get("fail_reason", "its worker died (no heartbeat) or raised, see its log")
     retried = trial.system_attrs.get("failed_trial")
     retry = f" (retry of trial {retried})" if retried is not None else ""
     return f"trial {trial.number}{retry}: {trial.state.name.lower()}, {outcome}"
