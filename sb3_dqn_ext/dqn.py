@@ -26,7 +26,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_pkl
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import get_parameters_by_name
+from stable_baselines3.common.utils import get_parameters_by_name, obs_as_tensor
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 from torch.nn import functional as F
 
@@ -328,15 +328,50 @@ class ScratchDQN(OffPolicyAlgorithm):
     def _sample_action(
         self, learning_starts: int, action_noise: Any = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
-        if self._noisy and self.num_timesteps >= learning_starts:
-            # NoisyNet: a new noise sample for each action selection (warm-up actions are uniform)
+        if self.num_timesteps < learning_starts:
+            # warm-up: uniform actions, drawn as SB3 draws them
+            return super()._sample_action(learning_starts, action_noise, n_envs)
+        if self._noisy:
+            # NoisyNet: a new noise sample for each action selection
             self.q_net.reset_noise()
-        return super()._sample_action(learning_starts, action_noise, n_envs)
+        # ε-greedy on the current observation: the same random draws as `predict`, without its per-call overhead
+        if np.random.rand() < self.exploration_rate:
+            action = np.array([self.action_space.sample() for _ in range(n_envs)])
+        else:
+            with th.inference_mode():
+                action = self.q_net._predict(obs_as_tensor(self._last_obs, self.device)).cpu().numpy()
+        return action, action
 
     def _store_transition(self, replay_buffer, buffer_action, new_obs, reward, dones, infos) -> None:  # type: ignore[no-untyped-def,override]
+        """
+        Store ``(s, a, r, s', done)``; ``s'`` is the terminal observation when an episode ended (VecEnvs reset).
+
+        Same as SB3's, without its deep copy of every observation: the buffer copies into its own arrays.
+        """
         if not np.isfinite(reward).all():
             raise DivergenceError(f"the env returned a non-finite reward {reward} at timestep {self.num_timesteps}")
-        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        if self._vec_normalize_env is not None:
+            new_obs_ = self._vec_normalize_env.get_original_obs()
+            reward_ = self._vec_normalize_env.get_original_reward()
+        else:
+            self._last_original_obs, new_obs_, reward_ = self._last_obs, new_obs, reward
+        next_obs = new_obs_
+        ended = [i for i in np.flatnonzero(dones) if infos[i].get("terminal_observation") is not None]
+        if ended:
+            next_obs = {k: v.copy() for k, v in new_obs_.items()} if isinstance(new_obs_, dict) else new_obs_.copy()
+            for i in ended:
+                terminal = infos[i]["terminal_observation"]
+                if self._vec_normalize_env is not None:
+                    terminal = self._vec_normalize_env.unnormalize_obs(terminal)
+                if isinstance(next_obs, dict):
+                    for key in next_obs:
+                        next_obs[key][i] = terminal[key]
+                else:
+                    next_obs[i] = terminal
+        replay_buffer.add(self._last_original_obs, next_obs, buffer_action, reward_, dones, infos)
+        self._last_obs = new_obs
+        if self._vec_normalize_env is not None:
+            self._last_original_obs = new_obs_
 
     def predict(
         self,

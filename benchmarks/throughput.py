@@ -1,0 +1,291 @@
+"""
+Throughput: ScratchDQN vs SB3's DQN (and SBX's DQN when ``sbx-rl`` is installed) at identical settings.
+
+    python benchmarks/throughput.py [--configs 1,2,3,4] [--repeats 3] [--scale 1.0] [--out FILE.md]
+
+For each configuration the algorithms run alternately (A, B, A, B, ...) with the same seed, one torch thread, and
+each keeps its best wall time over ``--repeats``. ScratchDQN's run is instrumented: time inside ``env.step`` and
+inside gradient steps is measured, the rest is per-env-step overhead. The same run measures the floors for the same
+network and batch:
+
+- the bare eager DQN update (forward, Huber loss, backward, grad clipping, fused Adam) written directly in PyTorch;
+- the matrix multiplies alone (the forward and backward GEMMs of the same layers);
+- a bare forward + argmax for one observation (the greedy action).
+
+Configurations:
+1. rl-zoo3 CartPole-v1: train_freq 256, gradient_steps 128, 256x256, batch 64 (update-heavy);
+2. step-heavy CartPole-v1: train_freq 4, gradient_steps 1, 64x64, batch 64;
+3. CNN: Breakout through ale-py (NoFrameskip-v4, SB3's Atari wrappers, 4 stacked frames), small budget;
+4. Rainbow: configuration 1 with every component on (double, dueling, PER, n_steps=3, noisy nets, C51).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3 import DQN
+from stable_baselines3.common.vec_env import VecEnv
+
+from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
+
+th.set_num_threads(1)
+
+
+@dataclass
+class Config:
+    name: str
+    env: Callable[[], Any]
+    kwargs: dict[str, Any]
+    timesteps: int
+    policy: str = "MlpPolicy"
+    scratch_only_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def cartpole() -> Any:
+    from stable_baselines3.common.env_util import make_vec_env
+
+    return make_vec_env("CartPole-v1", n_envs=1, seed=0)
+
+
+def breakout() -> Any:
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+    return VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=1, seed=0), n_stack=4)
+
+
+ZOO_CARTPOLE = dict(
+    learning_rate=2.3e-3,
+    batch_size=64,
+    buffer_size=100_000,
+    learning_starts=1000,
+    gamma=0.99,
+    target_update_interval=10,
+    train_freq=256,
+    gradient_steps=128,
+    exploration_fraction=0.16,
+    exploration_final_eps=0.04,
+    policy_kwargs=dict(net_arch=[256, 256]),
+)
+
+
+def configs(scale: float) -> dict[str, Config]:
+    return {
+        "1": Config("1 zoo CartPole (update-heavy)", cartpole, ZOO_CARTPOLE, int(20_000 * scale)),
+        "2": Config(
+            "2 step-heavy CartPole",
+            cartpole,
+            dict(ZOO_CARTPOLE, train_freq=4, gradient_steps=1, policy_kwargs=dict(net_arch=[64, 64])),
+            int(20_000 * scale),
+        ),
+        "3": Config(
+            "3 CNN Breakout",
+            breakout,
+            dict(buffer_size=10_000, learning_starts=500, batch_size=32, train_freq=4, target_update_interval=1000),
+            int(2_500 * scale),
+            policy="CnnPolicy",
+        ),
+        "4": Config(
+            "4 Rainbow (config 1, all on)",
+            cartpole,
+            ZOO_CARTPOLE,
+            int(20_000 * scale),
+            scratch_only_kwargs=dict(
+                double_q=True,
+                n_steps=3,
+                replay_buffer_class=PrioritizedReplayBuffer,
+                replay_buffer_kwargs=dict(alpha=0.5, beta=0.4),
+                policy_kwargs=dict(net_arch=[256, 256], dueling=True, noisy=True, n_atoms=51, v_min=0.0, v_max=100.0),
+            ),
+        ),
+    }
+
+
+class Timers:
+    """Accumulates time spent in env.step and in train() of an algorithm."""
+
+    def __init__(self) -> None:
+        self.env = 0.0
+        self.train = 0.0
+
+
+def instrument(model: Any, env: VecEnv, timers: Timers) -> None:
+    step_wait = env.step_wait
+
+    def timed_step_wait():
+        start = time.perf_counter()
+        out = step_wait()
+        timers.env += time.perf_counter() - start
+        return out
+
+    env.step_wait = timed_step_wait
+    train = model.train
+
+    def timed_train(*args, **kwargs):
+        start = time.perf_counter()
+        train(*args, **kwargs)
+        timers.train += time.perf_counter() - start
+
+    model.train = timed_train
+
+
+def run_once(algo: type, config: Config, extra: dict[str, Any]) -> dict[str, float]:
+    env = config.env()
+    kwargs = {**config.kwargs, **extra}
+    timers = Timers()
+    model = algo(config.policy, env, seed=0, verbose=0, **kwargs)
+    instrument(model, model.get_env(), timers)
+    start = time.perf_counter()
+    model.learn(config.timesteps)
+    wall = time.perf_counter() - start
+    env.close()
+    n_updates = model._n_updates if hasattr(model, "_n_updates") else 0
+    return dict(wall=wall, env=timers.env, train=timers.train, steps=model.num_timesteps, updates=n_updates)
+
+
+def sbx_class() -> type | None:
+    try:
+        from sbx import DQN as SBXDQN  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return SBXDQN
+
+
+def floors(net_arch: list[int], obs_dim: int, n_actions: int, batch: int, reps: int = 300) -> dict[str, float]:
+    """Bare eager fused-Adam DQN step, the GEMMs alone, and forward + argmax for one observation (seconds)."""
+    th.manual_seed(0)
+
+    def mlp() -> th.nn.Sequential:
+        layers, last = [], obs_dim
+        for width in net_arch:
+            layers += [th.nn.Linear(last, width), th.nn.ReLU()]
+            last = width
+        return th.nn.Sequential(*layers, th.nn.Linear(last, n_actions))
+
+    online, target = mlp(), mlp()
+    params = list(online.parameters())
+    optimizer = th.optim.Adam(params, lr=1e-4, fused=True)
+    obs, next_obs = th.randn(batch, obs_dim), th.randn(batch, obs_dim)
+    actions = th.randint(n_actions, (batch, 1))
+    rewards, dones = th.randn(batch, 1), th.zeros(batch, 1)
+
+    def step() -> None:
+        with th.no_grad():
+            target_q = rewards + 0.99 * (1 - dones) * target(next_obs).max(1, keepdim=True).values
+        q = online(obs).gather(1, actions)
+        loss = th.nn.functional.smooth_l1_loss(q, target_q)
+        optimizer.zero_grad()
+        loss.backward()
+        th.nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+
+    dims = [obs_dim, *net_arch, n_actions]
+    mats = [(th.randn(batch, i), th.randn(o, i), th.randn(batch, o)) for i, o in zip(dims[:-1], dims[1:], strict=True)]
+
+    def gemms() -> None:
+        for x, w, g in mats:
+            x @ w.t()  # forward (online)
+            x @ w.t()  # forward (target)
+            g @ w  # grad input
+            g.t() @ x  # grad weight
+
+    one = th.randn(1, obs_dim)
+
+    def act() -> None:
+        with th.inference_mode():
+            online(one).argmax(1)
+
+    def best(fn: Callable[[], None]) -> float:
+        for _ in range(20):
+            fn()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            times.append((time.perf_counter() - start) / reps)
+        return min(times)
+
+    return dict(eager_step=best(step), gemms=best(gemms), act=best(act))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="1,2,3,4")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every budget")
+    parser.add_argument("--out", default=None, help="also write the markdown table to this file")
+    args = parser.parse_args()
+
+    table = configs(args.scale)
+    algos: dict[str, type] = {"ScratchDQN": ScratchDQN, "SB3 DQN": DQN}
+    if sbx_class() is not None:
+        algos["SBX DQN"] = sbx_class()  # type: ignore[assignment]
+    lines = [
+        f"torch {th.__version__}, {th.get_num_threads()} thread, {platform.processor() or platform.machine()}, "
+        f"best of {args.repeats}, alternating runs",
+        "",
+        "| config | algo | steps | wall s | env steps/s | grad steps/s | speed-up vs SB3 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    detail = []
+    for key in args.configs.split(","):
+        config = table[key]
+        best: dict[str, dict[str, float]] = {}
+        for _ in range(args.repeats):
+            for name, algo in algos.items():
+                if key == "4" and name != "ScratchDQN":
+                    continue
+                if name == "SBX DQN" and key == "3":
+                    continue
+                extra = config.scratch_only_kwargs if name == "ScratchDQN" else {}
+                result = run_once(algo, config, extra)
+                if name not in best or result["wall"] < best[name]["wall"]:
+                    best[name] = result
+        sb3_wall = best.get("SB3 DQN", {}).get("wall")
+        for name, r in best.items():
+            ratio = f"{sb3_wall / r['wall']:.2f}x" if sb3_wall and name != "SB3 DQN" else "1.00x" if sb3_wall else "-"
+            lines.append(
+                f"| {config.name} | {name} | {r['steps']} | {r['wall']:.2f} | {r['steps'] / r['wall']:.0f} | "
+                f"{r['updates'] / r['wall']:.0f} | {ratio} |"
+            )
+        ours = best["ScratchDQN"]
+        if config.policy == "MlpPolicy":
+            kw = {**config.kwargs, **config.scratch_only_kwargs}
+            f = floors(kw["policy_kwargs"]["net_arch"], 4, 2, kw["batch_size"])
+            per_update = ours["train"] / max(ours["updates"], 1)
+            overhead = (ours["wall"] - ours["train"] - ours["env"]) / ours["steps"]
+            detail.append(
+                f"| {config.name} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
+                f"({per_update / f['eager_step']:.2f}x) | {f['gemms'] * 1e3:.3f} ms ({per_update / f['gemms']:.2f}x) "
+                f"| {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs ({overhead / f['act']:.2f}x) |"
+            )
+        print("\n".join(lines[-len(best) :]), flush=True)
+    lines += [
+        "",
+        "ScratchDQN against the floors measured in the same run (same network and batch):",
+        "",
+        "| config | per gradient step | bare eager fused step | GEMMs alone | per-env-step overhead | forward+argmax |",
+        "|---|---:|---:|---:|---:|---:|",
+        *detail,
+    ]
+    report = "\n".join(lines)
+    print()
+    print(report)
+    if args.out:
+        with open(args.out, "w") as file:
+            file.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
