@@ -38,17 +38,21 @@ except ImportError:  # pragma: no cover
     psutil = None
 
 
-class PrioritizedReplayBufferSamples(NamedTuple):
-    """A prioritized batch: SB3's sample fields plus importance weights and the leaves to update."""
+class DQNReplayBufferSamples(NamedTuple):
+    """
+    SB3's sample fields plus what the extensions need: importance weights and sampled leaves (prioritized replay)
+    and the legal actions of the state the target bootstraps from (action masking).
+    """
 
     observations: th.Tensor | TensorDict
     actions: th.Tensor
     next_observations: th.Tensor | TensorDict
     dones: th.Tensor
     rewards: th.Tensor
-    discounts: th.Tensor | None
-    weights: th.Tensor
-    indices: np.ndarray
+    discounts: th.Tensor | None = None
+    weights: th.Tensor | None = None
+    indices: np.ndarray | None = None
+    next_action_masks: th.Tensor | None = None
 
 
 class ReplayBuffer(BaseBuffer):
@@ -121,6 +125,8 @@ class ReplayBuffer(BaseBuffer):
             self.observations = np.zeros((*rows, *self.obs_shape), dtype=observation_space.dtype)
             if not optimize_memory_usage:
                 self.next_observations = np.zeros_like(self.observations)
+        # legal actions of each transition's next state, stored once masking is enabled (bools, not floats)
+        self.next_action_masks: np.ndarray | None = None
         action_dtype = np.float32 if action_space.dtype == np.float64 else action_space.dtype
         self.actions = np.zeros((*rows, self.action_dim), dtype=action_dtype)
         self.rewards = np.zeros(rows, dtype=np.float32)
@@ -146,6 +152,11 @@ class ReplayBuffer(BaseBuffer):
                 f"replay buffer {needed / 1e9:.2f}GB > {available / 1e9:.2f}GB"
             )
 
+    def enable_action_masks(self, n_actions: int) -> None:
+        """Start storing next-state action masks; rows already stored count every action as legal."""
+        if self.next_action_masks is None:
+            self.next_action_masks = np.ones((self.buffer_size, self.n_envs, n_actions), dtype=bool)
+
     def add(
         self,
         obs: np.ndarray | dict[str, np.ndarray],
@@ -154,6 +165,7 @@ class ReplayBuffer(BaseBuffer):
         reward: np.ndarray,
         done: np.ndarray,
         infos: list[dict[str, Any]],
+        next_action_masks: np.ndarray | None = None,
     ) -> None:
         """
         Store one transition per env at row ``pos`` (numpy copies the values into the preallocated arrays).
@@ -164,6 +176,7 @@ class ReplayBuffer(BaseBuffer):
         :param reward: rewards ``r_{t+1}``
         :param done: episode ends (termination or truncation)
         :param infos: the VecEnv's infos, read for ``TimeLimit.truncated``
+        :param next_action_masks: legal actions of the next states, ``(n_envs, n_actions)`` bools (masking only)
         """
         pos = self.pos
         if self.is_dict:
@@ -182,6 +195,8 @@ class ReplayBuffer(BaseBuffer):
         self.dones[pos] = done
         if self.handle_timeout_termination:
             self.timeouts[pos] = np.array([info.get("TimeLimit.truncated", False) for info in infos])
+        if self.next_action_masks is not None:
+            self.next_action_masks[pos] = True if next_action_masks is None else next_action_masks
         self._on_add(pos)
         self.pos += 1
         if self.pos == self.buffer_size:
@@ -217,7 +232,7 @@ class ReplayBuffer(BaseBuffer):
 
     def _get_samples(
         self, batch_inds: np.ndarray, env: VecNormalize | None = None, env_indices: np.ndarray | None = None
-    ) -> ReplayBufferSamples | DictReplayBufferSamples:
+    ) -> ReplayBufferSamples | DictReplayBufferSamples | DQNReplayBufferSamples:
         if env_indices is None:
             env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         if self.n_steps == 1:
@@ -233,15 +248,20 @@ class ReplayBuffer(BaseBuffer):
             next_obs = self._get_obs(self.observations, (last_inds + 1) % self.buffer_size, env_indices, env)
         else:
             next_obs = self._get_obs(self.next_observations, last_inds, env_indices, env)
-        samples_class = DictReplayBufferSamples if self.is_dict else ReplayBufferSamples
-        return samples_class(
-            observations=obs,  # type: ignore[arg-type]
+        fields = dict(
+            observations=obs,
             actions=self.to_torch(self.actions[batch_inds, env_indices], copy=False),
-            next_observations=next_obs,  # type: ignore[arg-type]
+            next_observations=next_obs,
             dones=self.to_torch(dones.reshape(-1, 1), copy=False),
             rewards=self.to_torch(self._normalize_reward(rewards.reshape(-1, 1), env), copy=False),
             discounts=None if discounts is None else self.to_torch(discounts.reshape(-1, 1), copy=False),
         )
+        if self.next_action_masks is not None:
+            # the mask of the state the target bootstraps from (for n-step, the window's last next state)
+            masks = self.next_action_masks[last_inds, env_indices]
+            return DQNReplayBufferSamples(**fields, next_action_masks=self.to_torch(masks, copy=False))
+        samples_class = DictReplayBufferSamples if self.is_dict else ReplayBufferSamples
+        return samples_class(**fields)  # type: ignore[arg-type]
 
     def _get_obs(
         self,
@@ -396,7 +416,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self.max_priority = 1.0
         self._pending_rows = 0
 
-    def sample(self, batch_size: int, env: VecNormalize | None = None) -> PrioritizedReplayBufferSamples:  # type: ignore[override]
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> DQNReplayBufferSamples:  # type: ignore[override]
         """
         Sample a batch with probabilities ``P(i) ∝ p_i^α``.
 
@@ -413,10 +433,12 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         samples = self._get_samples(batch_inds, env=env, env_indices=env_indices)
         # w_i = (N P(i))^-β / max_j w_j = (p_i / min_j p_j)^-β, since max_j w_j = (N min_j P(j))^-β
         weights = (self.tree.get(leaves) / self.tree.min_priority) ** (-self.beta)
-        return PrioritizedReplayBufferSamples(
-            *samples,
-            weights=self.to_torch(weights.astype(np.float32).reshape(-1, 1), copy=False),
-            indices=leaves,
+        return DQNReplayBufferSamples(
+            **{
+                **samples._asdict(),
+                "weights": self.to_torch(weights.astype(np.float32).reshape(-1, 1), copy=False),
+                "indices": leaves,
+            }
         )
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray | th.Tensor) -> None:

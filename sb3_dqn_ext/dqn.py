@@ -27,11 +27,22 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_pkl
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 from torch.nn import functional as F
 
 from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
 from sb3_dqn_ext.errors import DivergenceError, ScratchDQNError
+from sb3_dqn_ext.masking import (
+    INFO_KEY,
+    ActionMaskInfo,
+    as_mask,
+    get_action_masks,
+    is_masking_supported,
+    masked_argmax,
+    masked_max,
+    sample_legal_actions,
+)
 from sb3_dqn_ext.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy, QNetwork
 from sb3_dqn_ext.schedules import make_exploration_schedule
 from sb3_dqn_ext.validation import check_hyperparameters, check_spaces
@@ -228,6 +239,9 @@ class ScratchDQN(OffPolicyAlgorithm):
         self.max_grad_norm = max_grad_norm
         # "epsilon" for the epsilon-greedy exploration
         self.exploration_rate = 0.0
+        # invalid-action masking (set by learn(use_masking=...)) and the masks of the current states
+        self._use_masking = False
+        self._last_action_masks: np.ndarray | None = None
 
         if _init_setup_model:
             self._setup_model()
@@ -290,6 +304,13 @@ class ScratchDQN(OffPolicyAlgorithm):
             **kwargs,
         )
 
+    @staticmethod
+    def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        """SB3's wrapping, plus :class:`ActionMaskInfo` around a maskable env (the final state's mask in infos)."""
+        if not isinstance(env, VecEnv) and is_masking_supported(env):
+            env = ActionMaskInfo(env)
+        return OffPolicyAlgorithm._wrap_env(env, verbose, monitor_wrapper)
+
     def _create_aliases(self) -> None:
         self.q_net = self.policy.q_net
         self.q_net_target = self.policy.q_net_target
@@ -328,19 +349,49 @@ class ScratchDQN(OffPolicyAlgorithm):
     def _sample_action(
         self, learning_starts: int, action_noise: Any = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
+        masks = self._current_action_masks(n_envs) if self._use_masking else None
         if self.num_timesteps < learning_starts:
-            # warm-up: uniform actions, drawn as SB3 draws them
+            # warm-up: uniform actions, drawn as SB3 draws them (uniform over the legal ones with masking)
+            if masks is not None:
+                action = sample_legal_actions(masks)
+                return action, action
             return super()._sample_action(learning_starts, action_noise, n_envs)
         if self._noisy:
             # NoisyNet: a new noise sample for each action selection
             self.q_net.reset_noise()
         # ε-greedy on the current observation: the same random draws as `predict`, without its per-call overhead
         if np.random.rand() < self.exploration_rate:
-            action = np.array([self.action_space.sample() for _ in range(n_envs)])
+            if masks is not None:
+                action = sample_legal_actions(masks)
+            else:
+                action = np.array([self.action_space.sample() for _ in range(n_envs)])
         else:
             with th.inference_mode():
-                action = self.q_net._predict(obs_as_tensor(self._last_obs, self.device)).cpu().numpy()
+                obs = obs_as_tensor(self._last_obs, self.device)
+                if masks is None:
+                    action = self.q_net._predict(obs).cpu().numpy()
+                else:
+                    action = masked_argmax(self.q_net(obs), th.as_tensor(masks, device=self.device)).cpu().numpy()
         return action, action
+
+    def _current_action_masks(self, n_envs: int) -> np.ndarray:
+        """Legal actions of the current states (kept from the last step, or asked from the env)."""
+        if self._last_action_masks is None:
+            self._last_action_masks = get_action_masks(self.env)
+        return as_mask(self._last_action_masks, n_envs, self.action_space.n, self.num_timesteps)
+
+    def _next_action_masks(self, dones: np.ndarray, infos: list[dict[str, Any]]) -> np.ndarray:
+        """
+        Legal actions of each next state ``s'``: the env's current masks, except where an episode ended and the
+        VecEnv already reset; there the final state's mask from ``info["action_mask"]`` (:class:`ActionMaskInfo`),
+        or every action when the env does not provide it (see :mod:`sb3_dqn_ext.masking`).
+        """
+        current = np.asarray(get_action_masks(self.env), dtype=bool).reshape(len(dones), -1)
+        self._last_action_masks = current
+        next_masks = current.copy()
+        for i in np.flatnonzero(dones):
+            next_masks[i] = infos[i].get(INFO_KEY, True)
+        return next_masks
 
     def _store_transition(self, replay_buffer, buffer_action, new_obs, reward, dones, infos) -> None:  # type: ignore[no-untyped-def,override]
         """
@@ -368,7 +419,11 @@ class ScratchDQN(OffPolicyAlgorithm):
                         next_obs[key][i] = terminal[key]
                 else:
                     next_obs[i] = terminal
-        replay_buffer.add(self._last_original_obs, next_obs, buffer_action, reward_, dones, infos)
+        if self._use_masking:
+            masks = self._next_action_masks(dones, infos)
+            replay_buffer.add(self._last_original_obs, next_obs, buffer_action, reward_, dones, infos, masks)
+        else:
+            replay_buffer.add(self._last_original_obs, next_obs, buffer_action, reward_, dones, infos)
         self._last_obs = new_obs
         if self._vec_normalize_env is not None:
             self._last_original_obs = new_obs_
@@ -379,6 +434,7 @@ class ScratchDQN(OffPolicyAlgorithm):
         state: tuple[np.ndarray, ...] | None = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """
         ε-greedy action: uniform with probability ``exploration_rate`` (unless ``deterministic``), else greedy.
@@ -387,8 +443,12 @@ class ScratchDQN(OffPolicyAlgorithm):
         :param state: The last states (can be None, used in recurrent policies)
         :param episode_start: The last masks (can be None, used in recurrent policies)
         :param deterministic: Whether or not to return deterministic actions.
+        :param action_masks: legal actions, ``(n_actions,)`` or ``(n_envs, n_actions)`` bools, as in sb3-contrib's
+            ``MaskablePPO.predict``: random and greedy actions are then chosen among the legal ones only
         :return: the model's action and the next state (used in recurrent policies)
         """
+        if action_masks is not None:
+            return self._predict_masked(observation, action_masks, deterministic), state
         if not deterministic and np.random.rand() < self.exploration_rate:
             if self.policy.is_vectorized_observation(observation):
                 if isinstance(observation, dict):
@@ -402,25 +462,49 @@ class ScratchDQN(OffPolicyAlgorithm):
             action, state = self.policy.predict(observation, state, episode_start, deterministic)
         return action, state
 
+    def _predict_masked(self, observation: Any, action_masks: np.ndarray, deterministic: bool) -> np.ndarray:
+        self.policy.set_training_mode(False)
+        obs, vectorized = self.policy.obs_to_tensor(observation)
+        n_batch = next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
+        masks = as_mask(action_masks, n_batch, self.action_space.n)
+        if not deterministic and np.random.rand() < self.exploration_rate:
+            action = sample_legal_actions(masks)
+        else:
+            with th.inference_mode():
+                if deterministic and self._noisy:
+                    with self.q_net.mean_weights():
+                        q_values = self.q_net(obs)
+                else:
+                    q_values = self.q_net(obs)
+                action = masked_argmax(q_values, th.as_tensor(masks, device=self.device)).cpu().numpy()
+        return action if vectorized else action[0]
+
     # ------------------------------------------------------------------------------------------------ learning
-    def _next_q_values(self, next_observations: Any) -> th.Tensor:
-        """``Q_target(s', a*)``: ``a* = argmax_a Q_target(s', a)``, or ``argmax_a Q(s', a)`` with ``double_q``."""
+    def _next_q_values(self, next_observations: Any, masks: th.Tensor | None) -> th.Tensor:
+        """
+        ``Q_target(s', a*)``: ``a* = argmax_a Q_target(s', a)``, or ``argmax_a Q(s', a)`` with ``double_q``; the
+        max/argmax run over the legal actions of ``s'`` when ``masks`` is given.
+        """
         next_q_target = self.q_net_target(next_observations)
         if self.double_q:
-            next_actions = self.q_net(next_observations).argmax(dim=1, keepdim=True)
-            return next_q_target.gather(1, next_actions)
-        return next_q_target.max(dim=1, keepdim=True).values
+            next_q_online = self.q_net(next_observations)
+            next_actions = next_q_online.argmax(1) if masks is None else masked_argmax(next_q_online, masks)
+            return next_q_target.gather(1, next_actions.reshape(-1, 1))
+        if masks is None:
+            return next_q_target.max(dim=1, keepdim=True).values
+        return masked_max(next_q_target, masks)
 
-    def _categorical_loss(self, data: Any, discounts: th.Tensor | float) -> tuple[th.Tensor, th.Tensor]:
+    def _categorical_loss(
+        self, data: Any, discounts: th.Tensor | float, masks: th.Tensor | None
+    ) -> tuple[th.Tensor, th.Tensor]:
         """C51: per-sample cross-entropy between ``Φ(r + γ^n (1 − done) z)`` and ``p(s, a)``."""
         support = self.q_net.support
         batch = th.arange(data.rewards.shape[0], device=support.device)
         with th.no_grad():
             next_probs = self.q_net_target.log_probs(data.next_observations).exp()  # (batch, actions, atoms)
-            if self.double_q:
-                next_actions = self.q_net(data.next_observations).argmax(dim=1)
-            else:
-                next_actions = (next_probs * support).sum(dim=-1).argmax(dim=1)
+            # greedy next action by expected value (online network with double_q), over legal actions if masked
+            next_q = self.q_net(data.next_observations) if self.double_q else (next_probs * support).sum(dim=-1)
+            next_actions = next_q.argmax(dim=1) if masks is None else masked_argmax(next_q, masks)
             target_atoms = data.rewards + discounts * (1 - data.dones) * support  # Tz, (batch, atoms)
             target_probs = categorical_projection(target_atoms, next_probs[batch, next_actions], support)
         log_probs = self.q_net.log_probs(data.observations)[batch, data.actions.long().reshape(-1)]
@@ -440,17 +524,21 @@ class ScratchDQN(OffPolicyAlgorithm):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             # γ^n for n-step returns (per sample where the window was cut), γ otherwise
             discounts = data.discounts if data.discounts is not None else self.gamma
+            masks = getattr(data, "next_action_masks", None)
+            if masks is not None:
+                # a terminal state may have no legal action; its value is multiplied by 0 anyway
+                masks = masks | ~masks.any(dim=1, keepdim=True)
             if self._noisy:
                 self.q_net.reset_noise()
                 self.q_net_target.reset_noise()
 
             if self._distributional:
-                per_sample_loss, priority = self._categorical_loss(data, discounts)
+                per_sample_loss, priority = self._categorical_loss(data, discounts, masks)
             else:
                 with th.no_grad():
                     # TD target: y = r + γ^n (1 − terminated) Q_target(s', a*)
                     td_target = data.rewards + discounts * (1 - data.dones) * self._next_q_values(
-                        data.next_observations
+                        data.next_observations, masks
                     )
                 q_values = self.q_net(data.observations).gather(1, data.actions.long())  # Q(s, a; θ)
                 if not prioritized:
@@ -500,7 +588,30 @@ class ScratchDQN(OffPolicyAlgorithm):
         tb_log_name: str = "ScratchDQN",
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
+        use_masking: bool = True,
     ) -> SelfScratchDQN:
+        """
+        Train the model; SB3's ``learn`` with one more, last, keyword.
+
+        :param total_timesteps: The total number of samples (env steps) to train on
+        :param callback: callback(s) called at every step with state of the algorithm.
+        :param log_interval: The number of episodes before logging.
+        :param tb_log_name: the name of the run for TensorBoard logging
+        :param reset_num_timesteps: whether or not to reset the current timestep number (used in logging)
+        :param progress_bar: Display a progress bar using tqdm and rich.
+        :param use_masking: mask invalid actions when the env has an ``action_masks()`` method (sb3-contrib's
+            convention, e.g. ``ActionMasker``); ignored otherwise
+        :return: the trained model
+        """
+        self._use_masking = bool(use_masking) and self.env is not None and is_masking_supported(self.env)
+        self._last_action_masks = None
+        if self._use_masking:
+            if not isinstance(self.replay_buffer, ReplayBuffer):
+                raise ScratchDQNError(
+                    "action masking needs one of sb3_dqn_ext's replay buffers (replay_buffer_class), "
+                    f"got {type(self.replay_buffer).__name__}"
+                )
+            self.replay_buffer.enable_action_masks(int(self.action_space.n))
         return super().learn(
             total_timesteps=total_timesteps,
             callback=callback,
@@ -543,6 +654,7 @@ class ScratchDQN(OffPolicyAlgorithm):
             "_target_params",
             "_online_stats",
             "_target_stats",
+            "_last_action_masks",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

@@ -129,5 +129,8 @@ class RainbowDQN(ScratchDQN):
         tb_log_name: str = "RainbowDQN",
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
+        use_masking: bool = True,
     ) -> RainbowDQN:
-        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+        return super().learn(
+            total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar, use_masking
+        )
