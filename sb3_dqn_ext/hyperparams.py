@@ -8,6 +8,7 @@ SB3 users know without needing rl-zoo3 installed.
 
 from __future__ import annotations
 
+import ast
 import math
 from pathlib import Path
 from typing import Any
@@ -95,25 +96,37 @@ class LinearLRSchedule:
         return f"lin_{self.initial_value}"
 
 
-def parse_policy_kwargs(value: str | dict[str, Any] | None) -> dict[str, Any]:
+def parse_kwargs(text: str | dict[str, Any] | None) -> dict[str, Any]:
     """
-    Parse rl-zoo3's ``policy_kwargs`` string (``"dict(net_arch=[256, 256], activation_fn=nn.ReLU)"``).
+    Read rl-zoo3's ``"dict(net_arch=[256, 256], activation_fn=nn.ReLU)"`` strings without ``eval``.
 
-    Only ``dict``, literals and ``nn.<Module>`` names are allowed in the expression.
+    Only ``dict(key=value, ...)`` is accepted, each value a Python literal or a ``nn.<Module>`` class name.
+
+    :param text: the string (a dict or ``None`` is returned as a dict)
+    :return: the keyword arguments
     """
-    if value is None:
+    if text is None:
         return {}
-    if isinstance(value, dict):
-        return dict(value)
+    if isinstance(text, dict):
+        return dict(text)
+
+    def value(node: ast.expr) -> Any:
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "nn":
+            module = getattr(th.nn, node.attr, None)
+            if isinstance(module, type) and issubclass(module, th.nn.Module):
+                return module
+            raise ValueError(f"nn.{node.attr} is not a torch.nn module")
+        return ast.literal_eval(node)
+
     try:
-        parsed = eval(value, {"__builtins__": {}}, {"dict": dict, "nn": th.nn, "True": True, "False": False})  # noqa: S307
-    except Exception as exc:
-        raise ScratchDQNError(
-            f"policy_kwargs {value!r} is not a valid rl-zoo3 policy_kwargs expression: {exc}"
-        ) from exc
-    if not isinstance(parsed, dict):
-        raise ScratchDQNError(f"policy_kwargs must describe a dict, got {value!r}")
-    return parsed
+        call = ast.parse(text.strip(), mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "dict"):
+            raise ValueError("not a dict(...) call")
+        if call.args or any(keyword.arg is None for keyword in call.keywords):
+            raise ValueError("only keyword arguments are allowed")
+        return {keyword.arg: value(keyword.value) for keyword in call.keywords}  # type: ignore[misc]
+    except (SyntaxError, ValueError) as error:
+        raise ScratchDQNError(f"cannot read {text!r} as dict(key=value, ...): {error}") from None
 
 
 def to_constructor_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
@@ -124,8 +137,9 @@ def to_constructor_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
     :return: keyword arguments, with ``policy_kwargs`` parsed and ``lin_<x>`` learning rates made schedules
     """
     kwargs = {k: v for k, v in entry.items() if k not in NON_CONSTRUCTOR_KEYS}
-    if "policy_kwargs" in kwargs:
-        kwargs["policy_kwargs"] = parse_policy_kwargs(kwargs["policy_kwargs"])
+    for key in ("policy_kwargs", "replay_buffer_kwargs"):
+        if key in kwargs:
+            kwargs[key] = parse_kwargs(kwargs[key])
     lr = kwargs.get("learning_rate")
     if isinstance(lr, str):
         if not lr.startswith("lin_"):
@@ -157,3 +171,6 @@ def load_hyperparams(env_id: str, path: str | Path | None = None) -> dict[str, A
     if not isinstance(table, dict) or not isinstance(table.get(env_id), dict):
         raise ScratchDQNError(f"hyperparameters file {path} has no entry for {env_id!r}")
     return dict(table[env_id])
+
+
+parse_policy_kwargs = parse_kwargs  # TODO(lead): remove once compare.py imports parse_kwargs

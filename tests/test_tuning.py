@@ -40,6 +40,31 @@ FAST_PARAMS = {
     "exploration_final_eps": 0.05,
     "net_arch": "small",
 }
+# Distinct variants, queued in the studies that the command line runs, so that their trials are fast.
+FAST_TRIALS = [{**FAST_PARAMS, "learning_rate": lr} for lr in (1e-3, 5e-4, 2e-3, 7e-4)]
+# Every ScratchDQN component on.
+ALL_EXTENSIONS = {
+    "double_q": True,
+    "dueling": True,
+    "n_steps": 3,
+    "prioritized_replay": True,
+    "per_alpha": 0.6,
+    "per_beta": 0.4,
+    "noisy": True,
+    "noisy_std_init": 0.5,
+    "distributional": True,
+    "n_atoms": 51,
+    "v_max": 100.0,
+}
+
+
+def enqueue_trials(out: Path, study_name: str, trials: list[dict]) -> None:
+    """Queue these parameters in the study that ``--out out`` will run (its first trials)."""
+    out.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{out / 'study.db'}"
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True)
+    for params in trials:
+        study.enqueue_trial(params)
 
 
 def tiny_argv(algo: str, out: Path, *extra: str) -> list[str]:
@@ -60,15 +85,19 @@ def _quiet_optuna():
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
-    """``tiny_study(algo)``: the output folder of a finished two-trial study, run once through the command line."""
-    outs: dict[str, Path] = {}
+    """``tiny_study(algo)``: a finished two-trial study, run once through the command line; all in one ``--out``.
+
+    Returns the ``--out`` folder.
+    """
+    out = tmp_path_factory.mktemp("out")
+    done: set[str] = set()
 
     def get(algo: str) -> Path:
-        if algo not in outs:
-            out = tmp_path_factory.mktemp(algo)
+        if algo not in done:
+            enqueue_trials(out, f"{algo}-{ENV_ID}", FAST_TRIALS[:2])
             assert main(tiny_argv(algo, out)) == 0
-            outs[algo] = out
-        return outs[algo]
+            done.add(algo)
+        return out
 
     return get
 
@@ -122,18 +151,8 @@ def test_sampled_values_convert_to_constructor_arguments_as_rl_zoo3_does():
     assert to_hyperparams({**FAST_PARAMS, "train_freq": 2, "subsample_steps": 8})["gradient_steps"] == 1
     assert "double_q" not in hyperparams
 
-    extensions = {
-        "double_q": True,
-        "dueling": True,
-        "n_steps": 3,
-        "prioritized_replay": True,
-        "per_alpha": 0.6,
-        "per_beta": 0.4,
-        "noisy": False,
-        "distributional": True,
-        "n_atoms": 51,
-        "v_max": 200.0,
-    }
+    extensions = {**ALL_EXTENSIONS, "noisy": False, "v_max": 200.0}
+    del extensions["noisy_std_init"]
     hyperparams = to_hyperparams({**FAST_PARAMS, **extensions})
     assert hyperparams["double_q"] is True and hyperparams["n_steps"] == 3
     assert hyperparams["replay_buffer_class"] == "PrioritizedReplayBuffer"
@@ -236,28 +255,57 @@ def test_a_tiny_study_writes_a_yaml_that_loads_back_and_trains(tiny_study, algo)
     out = tiny_study(algo)
     study = load(out, f"{algo}-{ENV_ID}")
     assert len(study.trials) == 2
-    trials = pd.read_csv(out / "trials.csv")
+    results = out / f"{algo}-{ENV_ID}"  # one folder per study: algorithms tuned into one --out keep their files
+    trials = pd.read_csv(results / "trials.csv")
     assert list(trials["number"]) == [0, 1]
     for name in ("optimization_history", "param_importances", "parallel_coordinate"):
-        assert (out / f"{name}.html").stat().st_size > 0
-    assert (out / "dashboard.txt").read_text() == f"optuna-dashboard sqlite:///{(out / 'study.db').resolve()}\n"
+        assert (results / f"{name}.html").stat().st_size > 0
+    assert (results / "dashboard.txt").read_text() == f"optuna-dashboard sqlite:///{(out / 'study.db').resolve()}\n"
 
-    hyperparams = load_hyperparams(out / BEST_YAML, ENV_ID)
+    hyperparams = load_hyperparams(results / BEST_YAML, ENV_ID)
     assert hyperparams["policy"] == "MlpPolicy"
     assert hyperparams["n_timesteps"] == 1000
     assert {k: v for k, v in hyperparams.items() if k not in ("policy", "n_timesteps")} == to_hyperparams(
         study.best_trial.params
     )
-    assert f'policy_kwargs: "{format_kwargs(hyperparams["policy_kwargs"])}"' in (out / BEST_YAML).read_text()
+    assert f'policy_kwargs: "{format_kwargs(hyperparams["policy_kwargs"])}"' in (results / BEST_YAML).read_text()
     model = build_model(algo, make_vec_env(ENV_ID), {**hyperparams, "learning_starts": 50}, seed=0)
     model.learn(200)
     assert model.num_timesteps == 200
     assert model.policy.net_arch == hyperparams["policy_kwargs"]["net_arch"]
 
 
+def test_an_extensions_yaml_is_read_back_by_the_comparison_command_and_trains(tmp_path):
+    from sb3_dqn_ext import PrioritizedReplayBuffer
+    from sb3_dqn_ext.compare import hyperparameters
+
+    enqueue_trials(tmp_path, f"scratch_dqn-{ENV_ID}-ext", [{**FAST_PARAMS, **ALL_EXTENSIONS}])
+    assert main(tiny_argv("scratch_dqn", tmp_path, "--extensions", "--n-trials", "1", "--n-timesteps", "300")) == 0
+    path = tmp_path / f"scratch_dqn-{ENV_ID}-ext" / BEST_YAML
+    tuned = to_hyperparams({**FAST_PARAMS, **ALL_EXTENSIONS})
+    hyperparams = load_hyperparams(path, ENV_ID)
+    assert hyperparams["replay_buffer_class"] == "PrioritizedReplayBuffer"
+    assert hyperparams["replay_buffer_kwargs"] == {"alpha": 0.6, "beta": 0.4}
+    assert hyperparams["policy_kwargs"]["n_atoms"] == 51 and hyperparams["policy_kwargs"]["v_min"] == -100.0
+
+    policy, kwargs = hyperparameters("scratch_dqn", ENV_ID, own_file=path)  # the comparison command's reader
+    assert policy == "MlpPolicy"
+    assert kwargs["replay_buffer_class"] is PrioritizedReplayBuffer
+    assert kwargs["replay_buffer_kwargs"] == tuned["replay_buffer_kwargs"]
+    assert kwargs["policy_kwargs"] == tuned["policy_kwargs"]
+    for key in ("learning_rate", "batch_size", "gamma", "gradient_steps", "double_q", "n_steps"):
+        assert kwargs[key] == tuned[key]
+
+    model = build_model("scratch_dqn", make_vec_env(ENV_ID), {**hyperparams, "learning_starts": 50}, seed=0)
+    assert isinstance(model.replay_buffer, PrioritizedReplayBuffer)
+    assert model.double_q and model.n_steps == 3
+    model.learn(200)
+    assert model.num_timesteps == 200
+
+
 def test_rl_zoo3_trains_from_the_sb3_dqn_yaml(tiny_study, tmp_path):
     pytest.importorskip("rl_zoo3")
-    yaml_path = tiny_study("sb3_dqn") / BEST_YAML
+    yaml_path = tiny_study("sb3_dqn") / f"sb3_dqn-{ENV_ID}" / BEST_YAML
     command = [sys.executable, "-m", "rl_zoo3.train", "--algo", "dqn", "--env", ENV_ID, "-conf", str(yaml_path)]
     command += ["-n", "300", "-f", str(tmp_path), "--eval-freq", "-1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -268,12 +316,14 @@ def test_rl_zoo3_trains_from_the_sb3_dqn_yaml(tiny_study, tmp_path):
 def test_running_the_same_command_again_continues_the_study(tiny_study, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(tiny_study("sb3_dqn"), out)
-    assert main(tiny_argv("sb3_dqn", out)) == 0
     storage = f"sqlite:///{out / 'study.db'}"
-    assert [summary.study_name for summary in optuna.get_all_study_summaries(storage)] == [f"sb3_dqn-{ENV_ID}"]
+    studies = sorted(summary.study_name for summary in optuna.get_all_study_summaries(storage))
+    enqueue_trials(out, f"sb3_dqn-{ENV_ID}", FAST_TRIALS[:2])
+    assert main(tiny_argv("sb3_dqn", out)) == 0
+    assert sorted(summary.study_name for summary in optuna.get_all_study_summaries(storage)) == studies
     trials = load(out, f"sb3_dqn-{ENV_ID}").trials
-    assert len(trials) == 4
-    assert trials[2].params != trials[0].params  # the sampler does not replay the first run
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4
+    assert pd.read_csv(out / f"sb3_dqn-{ENV_ID}" / "trials.csv")["number"].tolist() == [0, 1, 2, 3]
 
 
 def test_continuing_a_study_with_another_budget_is_refused(tiny_study, tmp_path, capsys):
@@ -287,11 +337,12 @@ def test_continuing_a_study_with_another_budget_is_refused(tiny_study, tmp_path,
 
 
 def test_n_jobs_runs_trials_in_separate_worker_processes(tmp_path):
+    enqueue_trials(tmp_path, f"sb3_dqn-{ENV_ID}", FAST_TRIALS)  # one more, for a worker that starts one too many
     assert main(tiny_argv("sb3_dqn", tmp_path, "--n-jobs", "2", "--n-trials", "3")) == 0
     trials = load(tmp_path, f"sb3_dqn-{ENV_ID}").trials
     finished = [trial for trial in trials if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert 3 <= len(finished) <= 4  # the second worker may have started one more before the study was full
-    workers = {trial.user_attrs["worker"].rsplit(":", 1)[1] for trial in trials}
+    workers = {trial.user_attrs["worker"].rsplit(":", 1)[1] for trial in finished}
     assert len(workers) == 2 and str(os.getpid()) not in workers
 
 
@@ -318,7 +369,7 @@ def test_bad_input_gives_a_one_line_error_before_any_work(case, tmp_path, capsys
     assert named in captured.err
     assert "s3cret" not in captured.err + captured.out
     assert not (tmp_path / "out" / "study.db").exists()
-    assert not (tmp_path / "out" / "trials.csv").exists()
+    assert not (tmp_path / "out" / f"sb3_dqn-{ENV_ID}").exists()
 
 
 def test_the_module_exits_with_code_2_and_no_traceback_on_bad_input(tmp_path):

@@ -25,6 +25,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
+from test_tuning import FAST_TRIALS
 
 from tuning.storage import StorageError, open_storage
 
@@ -129,6 +130,9 @@ def running_trial_of(study: optuna.Study, pid: int) -> int | None:
 
 def test_a_killed_workers_trial_is_failed_and_retried_and_no_completed_trial_is_lost(pg_url, tmp_path):
     study_name = f"test-kill-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=study_name, storage=open_storage(pg_url), direction="maximize")
+    for params in FAST_TRIALS:  # as many as the workers are asked for; the retry comes after them
+        study.enqueue_trial(params)
     victim = start_worker(pg_url, study_name, tmp_path / "victim.log")
     survivor = start_worker(pg_url, study_name, tmp_path / "survivor.log")
     try:
@@ -136,10 +140,6 @@ def test_a_killed_workers_trial_is_failed_and_retried_and_no_completed_trial_is_
         deadline = time.monotonic() + 120
         while killed is None and time.monotonic() < deadline and victim.poll() is None:
             time.sleep(0.2)
-            try:
-                study = optuna.load_study(study_name=study_name, storage=open_storage(pg_url))
-            except KeyError:  # not created yet
-                continue
             killed = running_trial_of(study, victim.pid)
         assert killed is not None, (tmp_path / "victim.log").read_text()[-3000:]
         time.sleep(1.0)  # well inside the trial, with heartbeats recorded
@@ -150,12 +150,14 @@ def test_a_killed_workers_trial_is_failed_and_retried_and_no_completed_trial_is_
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
+        trials = optuna.load_study(study_name=study_name, storage=open_storage(pg_url)).trials
+        optuna.delete_study(study_name=study_name, storage=open_storage(pg_url))
 
-    trials = optuna.load_study(study_name=study_name, storage=open_storage(pg_url)).trials
     states = {trial.number: trial.state for trial in trials}
     assert states[killed] == TrialState.FAIL
     retries = [trial for trial in trials if trial.system_attrs.get("failed_trial") == killed]
     assert [trial.state for trial in retries] == [TrialState.COMPLETE]
+    assert retries[0].system_attrs["retry_history"] == [killed]
     assert retries[0].params == trials[killed].params
     assert [n for n, state in states.items() if state != TrialState.COMPLETE] == [killed]
     assert sum(state == TrialState.COMPLETE for state in states.values()) == 4

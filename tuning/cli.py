@@ -10,9 +10,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tuning.objective import ALGOS
-from tuning.runner import PRUNERS, SAMPLERS
-from tuning.storage import STORAGE_ENV_VAR
+import gymnasium as gym
+import optuna
+
+from tuning import outputs
+from tuning.objective import ALGOS, algo_class
+from tuning.runner import PRUNERS, SAMPLERS, StudyMismatch, TuningConfig, load_study, tune
+from tuning.storage import STORAGE_ENV_VAR, StorageError, dashboard_command, redact, resolve_url
 
 PROG = "python -m tuning"
 
@@ -48,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-trials", type=_positive(int), default=20, help="finished trials this command adds (%(default)s)"
     )
     parser.add_argument(
-        "--n-timesteps", type=_positive(int), default=20_000, help="training steps per trial and seed (%(default)s)"
+        "--n-timesteps", type=_positive(int), default=10_000, help="training steps per trial and seed (%(default)s)"
     )
-    parser.add_argument("--out", type=Path, default=Path("tuning_out"), help="output folder (%(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("runs/tuning"), help="output folder (%(default)s)")
     parser.add_argument(
         "--storage",
         metavar="URL",
@@ -67,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-eval-episodes", type=_positive(int), default=5, help="episodes per evaluation (%(default)s)"
     )
     parser.add_argument(
-        "--eval-freq", type=_positive(int), default=2_000, help="evaluate every N training steps (%(default)s)"
+        "--eval-freq", type=_positive(int), default=1_000, help="evaluate every N training steps (%(default)s)"
     )
     parser.add_argument(
         "--extensions",
@@ -95,8 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_env(env_id: str) -> None:
-    import gymnasium as gym
-
     try:
         gym.spec(env_id)
     except gym.error.Error:
@@ -112,19 +114,14 @@ def _check_env(env_id: str) -> None:
 def _check_algo(algo: str, extensions: bool) -> None:
     if extensions and algo == "sb3_dqn":
         raise UsageError("--extensions tunes ScratchDQN-only parameters: use --algo scratch_dqn or rainbow")
-    from tuning.objective import algo_class
-
     try:
         algo_class(algo)
     except ImportError as error:
         raise UsageError(f"--algo {algo} cannot be imported: {error}") from None
 
 
-def parse_config(argv: Sequence[str] | None = None):
+def parse_config(argv: Sequence[str] | None = None) -> TuningConfig:
     """Parse and check the command line; raises :class:`UsageError` naming the first problem."""
-    from tuning.runner import TuningConfig
-    from tuning.storage import resolve_url
-
     args = build_parser().parse_args(argv)
     _check_env(args.env)
     _check_algo(args.algo, args.extensions)
@@ -153,12 +150,6 @@ def parse_config(argv: Sequence[str] | None = None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import optuna
-
-    from tuning import outputs
-    from tuning.runner import StudyMismatch, load_study, tune
-    from tuning.storage import StorageError, dashboard_command, redact
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and one line per trial say it all
     try:
         config = parse_config(argv)
@@ -170,29 +161,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, StorageError, StudyMismatch) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    print(f"Study {config.study_name!r} in {redact(config.storage)}: {config.n_trials} trials of {config.algo}")
+    print(f"Study {config.study_name!r} in {redact(config.storage)}: {config.n_trials} more trials of {config.algo}")
 
-    study, exit_codes = tune(config)
-
+    interrupted = False
+    try:
+        exit_codes = tune(config)
+    except KeyboardInterrupt:
+        interrupted, exit_codes = True, []
+        print("Interrupted: the study is saved, run the same command to continue it")
     failed_workers = [code for code in exit_codes if code != 0]
     if failed_workers:
         print(f"{len(failed_workers)} of {len(exit_codes)} workers failed (exit codes {failed_workers}), see above")
-    outputs.write_trials_csv(study, config.out / outputs.TRIALS_CSV)
-    written, skipped = outputs.write_plots(study, config.out)
-    command = dashboard_command(config.storage)
-    (config.out / outputs.DASHBOARD_TXT).write_text(command + "\n")
-    print(f"Trials: {config.out / outputs.TRIALS_CSV}")
+    write_outputs(config, load_study(config))
+    return 130 if interrupted else 1 if failed_workers else 0
+
+
+def write_outputs(config: TuningConfig, study: optuna.Study) -> None:
+    """Trials CSV, plots, dashboard command and, once a trial completed, the best hyperparameters."""
+    results = config.results
+    results.mkdir(parents=True, exist_ok=True)
+    outputs.write_trials_csv(study, results / outputs.TRIALS_CSV)
+    print(f"Trials: {results / outputs.TRIALS_CSV}")
+    written, skipped = outputs.write_plots(study, results)
     for path in written:
         print(f"Plot: {path}")
     for note in skipped:
         print(f"Plot skipped: {note}")
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if complete:
-        yaml_path = config.out / outputs.BEST_YAML
+    if any(trial.state.name == "COMPLETE" for trial in study.get_trials(deepcopy=False)):
+        yaml_path = results / outputs.BEST_YAML
         outputs.write_best_yaml(study, config.env_id, config.n_timesteps, config.algo, yaml_path)
         best = study.best_trial
         print(f"Best: trial {best.number}, mean return {best.value:.2f}; hyperparameters: {yaml_path}")
     else:
         print("No completed trial yet: no best hyperparameters written")
+    command = dashboard_command(config.storage)
+    (results / outputs.DASHBOARD_TXT).write_text(command + "\n")
     print(f"Dashboard: {command}")
-    return 1 if failed_workers else 0

@@ -97,6 +97,8 @@ class _Checkpoints(BaseCallback):
 
     def _on_step(self) -> bool:
         run = self._run
+        if run.stop_requested:
+            return False
         if self.num_timesteps % run.eval_freq != 0 and self.num_timesteps != run.n_timesteps:
             return True
         if not all(th.isfinite(p).all() for p in self.model.policy.parameters()):
@@ -116,34 +118,36 @@ class _SeedRun:
         self.model, self.eval_env = model, eval_env
         self.n_timesteps, self.eval_freq, self.n_eval_episodes = n_timesteps, eval_freq, n_eval_episodes
         self._rng = _rng_state()  # right after the constructor seeded the generators
-        self._to_run: queue.Queue[bool] = queue.Queue(maxsize=1)
-        self._to_driver: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+        self._to_run: queue.Queue[bool] = queue.Queue(maxsize=1)  # driver -> thread: stop?
+        self._to_driver: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)  # thread -> driver
         self._thread: threading.Thread | None = None
+        self.paused = False  # waiting at a checkpoint
+        self.stop_requested = False  # checked at every step
         self.finished = False
 
-    def advance(self, stop: bool = False) -> tuple[int, float] | None:
+    def advance(self) -> tuple[int, float] | None:
         """Run to the next checkpoint and return ``(step, mean return)``, or ``None`` once ``learn()`` returned.
 
-        ``stop=True`` ends training instead. Exceptions from training are raised here.
+        Exceptions from training are raised here.
         """
         if self.finished:
             return None
         if self._thread is None:
-            if stop:
-                self.finished = True
-                return None
             self._thread = threading.Thread(target=self._learn, daemon=True)
             self._thread.start()
         else:
-            self._to_run.put(stop)
-        kind, payload = self._to_driver.get()
-        if kind == "checkpoint":
-            return payload
-        self.finished = True
-        self._thread.join()
-        if kind == "error":
-            raise payload
-        return None
+            self._resume(stop=False)
+        return self._wait()
+
+    def stop(self) -> None:
+        """End ``learn()`` at the next step, and wait for it (also when the driver was interrupted while it ran)."""
+        if self._thread is None or self.finished:
+            return
+        self.stop_requested = True
+        if self.paused:
+            self._resume(stop=True)
+        while self._wait() is not None:  # a checkpoint it reached meanwhile
+            self._resume(stop=True)
 
     def pause(self, step: int, mean_return: float) -> bool:
         """Called from the training thread: hand the evaluation to the driver; ``False`` stops training."""
@@ -152,6 +156,21 @@ class _SeedRun:
         stop = self._to_run.get()
         _set_rng_state(self._rng)
         return not stop
+
+    def _resume(self, stop: bool) -> None:
+        self.paused = False
+        self._to_run.put(stop)
+
+    def _wait(self) -> tuple[int, float] | None:
+        kind, payload = self._to_driver.get()
+        if kind == "checkpoint":
+            self.paused = True
+            return payload
+        self.finished = True
+        self._thread.join()
+        if kind == "error":
+            raise payload
+        return None
 
     def _learn(self) -> None:
         _set_rng_state(self._rng)
@@ -177,12 +196,13 @@ def train_and_evaluate(
     After each checkpoint ``on_evaluation(step, mean over seeds)`` is called; an exception it raises (such as
     ``optuna.TrialPruned``) stops every seed and is raised from here. Returns each seed's last evaluation.
     """
-    runs = []
-    for seed in seeds:
-        eval_env = make_vec_env(env_id, n_envs=1, seed=seed + EVAL_SEED_OFFSET)
-        runs.append(_SeedRun(make_model(seed), eval_env, n_timesteps, eval_freq, n_eval_episodes))
-    last = [float("nan")] * len(runs)
+    runs: list[_SeedRun] = []
+    last = [float("nan")] * len(seeds)
     try:
+        for seed in seeds:
+            model = make_model(seed)
+            eval_env = make_vec_env(env_id, n_envs=1, seed=seed + EVAL_SEED_OFFSET)
+            runs.append(_SeedRun(model, eval_env, n_timesteps, eval_freq, n_eval_episodes))
         while True:
             checkpoints = [run.advance() for run in runs]
             if any(checkpoint is None for checkpoint in checkpoints):
@@ -192,7 +212,7 @@ def train_and_evaluate(
     finally:
         for run in runs:  # stop the other seeds after one raised or the trial was pruned
             with contextlib.suppress(Exception):  # the first error is the one being raised
-                run.advance(stop=True)
+                run.stop()
             run.eval_env.close()
             run.model.env.close()
     return last
@@ -256,5 +276,11 @@ class Objective:
             reason = f"{type(error).__name__}: {error}"
             trial.set_user_attr("fail_reason", reason)
             raise optuna.TrialPruned(reason) from error
+        except optuna.TrialPruned:
+            raise
+        except (Exception, KeyboardInterrupt) as error:  # recorded, then Optuna fails the trial and re-raises
+            interrupted = isinstance(error, KeyboardInterrupt)
+            trial.set_user_attr("fail_reason", "interrupted" if interrupted else f"{type(error).__name__}: {error}")
+            raise
         trial.set_user_attr("seed_returns", returns)
         return float(np.mean(returns))

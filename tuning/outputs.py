@@ -9,7 +9,6 @@ back without ``eval``.
 
 from __future__ import annotations
 
-import ast
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from sb3_dqn_ext.hyperparams import load_hyperparams as load_zoo_entry
+from sb3_dqn_ext.hyperparams import parse_kwargs
 from tuning.space import to_hyperparams
 
 BEST_YAML = "best_hyperparams.yml"
@@ -30,19 +31,6 @@ KWARGS_KEYS = ("policy_kwargs", "replay_buffer_kwargs")
 def format_kwargs(kwargs: dict[str, Any]) -> str:
     """``{"net_arch": [256, 256]}`` -> ``"dict(net_arch=[256, 256])"``, as in rl-zoo3's YAML files."""
     return "dict(" + ", ".join(f"{key}={value!r}" for key, value in kwargs.items()) + ")"
-
-
-def parse_kwargs(text: str) -> dict[str, Any]:
-    """The inverse of :func:`format_kwargs`, accepting only ``dict(key=literal, ...)`` (no ``eval``)."""
-    try:
-        call = ast.parse(text.strip(), mode="eval").body
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "dict"):
-            raise ValueError("not a dict(...) call")
-        if call.args or any(keyword.arg is None for keyword in call.keywords):
-            raise ValueError("only keyword arguments are allowed")
-        return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
-    except (SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read {text!r} as dict(key=value, ...): {error}") from None
 
 
 class _Expression(str):
@@ -69,7 +57,7 @@ def write_best_yaml(study: optuna.Study, env_id: str, n_timesteps: int, algo: st
     header = f"# Best of study {study.study_name!r} ({algo}): trial {best.number}, mean return {best.value:.2f}\n"
     if algo == "sb3_dqn":
         header += f"# rl-zoo3: python -m rl_zoo3.train --algo dqn --env {env_id} -conf {path.name}\n"
-    body = yaml.dump(best_hyperparams(study, env_id, n_timesteps), Dumper=_Dumper, sort_keys=False)
+    body = yaml.dump(best_hyperparams(study, env_id, n_timesteps), Dumper=_Dumper, sort_keys=False, width=1_000)
     path.write_text(header + body)
 
 
@@ -78,11 +66,7 @@ def load_hyperparams(path: str | Path, env_id: str) -> dict[str, Any]:
 
     ``replay_buffer_class`` stays a class name; :func:`tuning.objective.build_model` resolves it.
     """
-    with open(path) as file:
-        entries = yaml.safe_load(file)
-    if env_id not in entries:
-        raise KeyError(f"{path} has no entry for {env_id}; it has {', '.join(entries)}")
-    entry = dict(entries[env_id])
+    entry = load_zoo_entry(env_id, path)
     for key in KWARGS_KEYS:
         if isinstance(entry.get(key), str):
             entry[key] = parse_kwargs(entry[key])
@@ -108,6 +92,9 @@ def write_plots(study: optuna.Study, out: Path) -> tuple[list[Path], list[str]]:
     written, skipped = [], []
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     for name, plot in plots.items():
+        if n_complete == 0:
+            skipped.append(f"{name}: no completed trial")
+            continue
         if name == "param_importances" and n_complete < 2:
             skipped.append(f"{name}: needs 2 completed trials, the study has {n_complete}")
             continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
@@ -53,8 +55,8 @@ class TuningConfig:
     study_name: str
     out: Path
     n_trials: int = 20
-    n_timesteps: int = 20_000
-    eval_freq: int = 2_000
+    n_timesteps: int = 10_000
+    eval_freq: int = 1_000
     n_eval_episodes: int = 5
     seeds_per_trial: int = 1
     extensions: bool = False
@@ -66,6 +68,11 @@ class TuningConfig:
     device: str = "cpu"
     heartbeat_interval: int = 60
     grace_period: int = 120
+
+    @property
+    def results(self) -> Path:
+        """Where the study's outputs go: ``OUT/STUDY_NAME/``, so that one ``--out`` can hold several studies."""
+        return self.out / re.sub(r"[^\w.-]", "_", self.study_name)
 
     def objective(self) -> Objective:
         seeds = [self.seed + k for k in range(self.seeds_per_trial)]
@@ -86,6 +93,7 @@ class StudyMismatch(Exception):
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """TPE and CMA-ES use 5 random trials first (rl-zoo3: 10, for longer studies)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
@@ -95,14 +103,14 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "cmaes":
             # CMA-ES samples the numeric parameters; categorical ones fall back to random sampling.
-            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+            return optuna.samplers.CmaEsSampler(n_startup_trials=5, seed=seed, warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {name!r}, expected one of {', '.join(SAMPLERS)}")
 
 
 def make_pruner(name: str, n_timesteps: int, eval_freq: int) -> optuna.pruners.BasePruner:
     """Pruners whose steps are environment steps, as reported by the objective."""
     if name == "median":
-        # As rl-zoo3: no pruning before 5 trials finished, nor in the first third of training.
+        # As rl-zoo3: no pruning in the first third of training, nor before 5 trials finished (rl-zoo3: 10).
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=n_timesteps // 3)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=min(eval_freq, n_timesteps), max_resource=n_timesteps)
@@ -151,8 +159,6 @@ def run_worker(
     callbacks: tuple[Callable[[optuna.Study, FrozenTrial], None], ...] = (),
 ) -> None:
     """Run trials until the study holds ``max_finished`` finished trials or ``config.timeout`` passed."""
-    import torch
-
     torch.set_num_threads(1)  # several workers share the cores; tiny networks gain nothing from threads
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(config)
@@ -206,32 +212,38 @@ def describe(trial: FrozenTrial) -> str:
     return f"trial {trial.number}{retry}: {trial.state.name.lower()}, {outcome}"
 
 
-def tune(config: TuningConfig) -> tuple[optuna.Study, list[int]]:
+def _worker_process(config: TuningConfig, max_finished: int) -> None:
+    """The target of a worker process: Ctrl-C (sent to the whole process group) ends it quietly with code 130."""
+    try:
+        run_worker(config, max_finished)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def tune(config: TuningConfig) -> list[int]:
     """Run ``config.n_trials`` more trials in ``config.n_jobs`` worker processes.
 
-    Returns the study and the exit codes of the worker processes (empty when the only worker was this process).
+    Returns the exit codes of the worker processes (empty when the only worker was this process).
     """
     study = load_study(config)
     max_finished = n_finished(study) + config.n_trials
     progress = Progress(study, config.n_trials)
-    exit_codes: list[int] = []
     try:
         if config.n_jobs == 1:
             run_worker(config, max_finished, callbacks=(progress.update,))
-        else:
-            context = multiprocessing.get_context("spawn")
-            workers = [context.Process(target=run_worker, args=(config, max_finished)) for _ in range(config.n_jobs)]
+            return []
+        context = multiprocessing.get_context("spawn")
+        workers = [context.Process(target=_worker_process, args=(config, max_finished)) for _ in range(config.n_jobs)]
+        for worker in workers:
+            worker.start()
+        try:
+            while any(worker.is_alive() for worker in workers):
+                time.sleep(1.0)
+                progress.update()
+        finally:
             for worker in workers:
-                worker.start()
-            try:
-                while any(worker.is_alive() for worker in workers):
-                    time.sleep(1.0)
-                    progress.update()
-            finally:
-                for worker in workers:
-                    worker.join()
-            exit_codes = [worker.exitcode for worker in workers]
-        progress.update()
+                worker.join()
+        return [worker.exitcode for worker in workers]
     finally:
+        progress.update()
         progress.close()
-    return study, exit_codes

@@ -14,7 +14,10 @@ import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 STORAGE_ENV_VAR = "SB3_DQN_EXT_TUNING_STORAGE"
 # How many times a trial whose worker died (no heartbeat for ``grace_period`` seconds) is run again.
@@ -31,10 +34,7 @@ def resolve_url(storage: str | None, out: Path) -> str:
     return url or f"sqlite:///{(out / 'study.db').resolve()}"
 
 
-def _parse(url: str):
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
+def _parse(url: str) -> URL:
     try:
         return make_url(url)
     except ArgumentError as error:
@@ -54,8 +54,6 @@ def dashboard_command(url: str) -> str:
 
     A PostgreSQL password is then read by the driver from ``PGPASSWORD`` or ``~/.pgpass``.
     """
-    from sqlalchemy.engine import URL
-
     parsed = _parse(url)
     without_password = URL.create(
         parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database, parsed.query
@@ -63,7 +61,7 @@ def dashboard_command(url: str) -> str:
     return f"optuna-dashboard {shlex.quote(without_password.render_as_string(hide_password=False))}"
 
 
-def _with_installed_driver(parsed):
+def _with_installed_driver(parsed: URL) -> URL:
     """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; fall back to psycopg2 when only that one is installed."""
     if parsed.drivername != "postgresql" or importlib.util.find_spec("psycopg") is not None:
         return parsed
@@ -92,14 +90,15 @@ def open_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 120
     """
     parsed = _with_installed_driver(_parse(url))
     backend = parsed.get_backend_name()
-    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+    sqlite_file = backend == "sqlite" and parsed.database not in (None, "", ":memory:")
+    if sqlite_file:
         folder = Path(parsed.database).parent
         if not folder.is_dir():
             raise StorageError(f"storage {redact(url)}: folder {folder} does not exist")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return RDBStorage(
+            storage = RDBStorage(
                 parsed.render_as_string(hide_password=False),
                 engine_kwargs=_engine_kwargs(backend),
                 heartbeat_interval=heartbeat_interval,
@@ -113,3 +112,26 @@ def open_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 120
         except Exception as error:  # SQLAlchemy wraps the driver's errors; keep their first line only
             first_line = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
             raise StorageError(f"cannot open storage {redact(url)}: {first_line}") from None
+    if sqlite_file:
+        _serialize_transactions(storage.engine)
+    return storage
+
+
+def _serialize_transactions(engine: sqlalchemy.engine.Engine) -> None:
+    """Start every SQLite transaction with ``BEGIN IMMEDIATE``.
+
+    Optuna takes a queued trial (enqueued, or a retry) by reading it as waiting and marking it running, relying on
+    ``SELECT ... FOR UPDATE``, which SQLite ignores: two worker processes could then both run the same trial, and the
+    second one fails when it reports. With the write lock taken at the start of each transaction they take turns.
+    (SQLAlchemy's recipe for SQLite transactions; PostgreSQL honours ``FOR UPDATE``.)
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while creating the tables predate the listeners
