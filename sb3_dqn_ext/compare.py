@@ -39,6 +39,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
+from tqdm.auto import tqdm
 
 from sb3_dqn_ext import stats
 from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
@@ -194,10 +195,6 @@ class RunSpec:
     n_eval_episodes: int
     device: str = "cpu"
 
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return self.algo, self.env_id, self.seed
-
     def path(self, out: Path) -> Path:
         """Where this run's result is saved."""
         return out / "runs" / self.env_id / self.algo / f"seed_{self.seed}.json"
@@ -216,11 +213,6 @@ class RunSpec:
                 eval_seed=self.seed + EVAL_SEED_OFFSET,
             )
         )
-
-    def eval_steps(self) -> list[int]:
-        """Steps at which the run is evaluated: 0, every ``eval_freq``, and the last step."""
-        steps = list(range(0, self.timesteps + 1, self.eval_freq))
-        return steps if steps[-1] == self.timesteps else [*steps, self.timesteps]
 
 
 def jsonable(value: Any) -> Any:
@@ -567,11 +559,10 @@ def _init_worker() -> None:
     th.set_num_threads(1)
 
 
-def _executor(config: ComparisonConfig, n_pending: int) -> tuple[concurrent.futures.Executor, Any]:
-    """Local worker processes, or the ``concurrent.futures`` executor of a Dask client."""
+def _executor(config: ComparisonConfig, workers: int) -> tuple[concurrent.futures.Executor, Any]:
+    """``workers`` local worker processes, or the ``concurrent.futures`` executor of a Dask client."""
     if config.dask_scheduler is None:
         context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
-        workers = max(1, min(config.workers, n_pending))
         return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker), None
     from distributed import Client
 
@@ -596,14 +587,13 @@ def execute(runs: Sequence[RunSpec], config: ComparisonConfig) -> tuple[int, lis
 
     :return: the number of runs done now, and one line per failed run
     """
-    from tqdm.auto import tqdm
-
     pending = [run for run in runs if read_run(run.path(config.out)) is None]
-    where = f"Dask scheduler {config.dask_scheduler}" if config.dask_scheduler else f"{config.workers} worker(s)"
+    workers = max(1, min(config.workers, len(pending)))
+    where = f"Dask scheduler {config.dask_scheduler}" if config.dask_scheduler else f"{workers} worker process(es)"
     print(f"{len(runs)} runs: {len(runs) - len(pending)} saved in {config.out}, {len(pending)} to run on {where}")
     if not pending:
         return 0, []
-    executor, client = _executor(config, len(pending))
+    executor, client = _executor(config, workers)
     failures: list[str] = []
     done = 0
     try:
@@ -977,6 +967,35 @@ def write_plots(summary: Mapping[str, Any], out: Path) -> list[Path]:
         threshold = summary["normalisation"][env]["threshold"]
         band_plot(f"curves_{env}.png", curve["steps"], curve["iqm"], f"{env}: IQM return (95% CI)", threshold)
     return written
+
+
+def registry_table() -> str:
+    """:data:`ALGORITHMS` as a Markdown table (printed in ``docs/compare.md``; a test keeps the two equal)."""
+    lines = ["| name | algorithm | class | what it sets | env-specific |", "|---|---|---|---|---|"]
+    for name, algo in ALGORITHMS.items():
+        settings = {**algo.kwargs, **({"policy_kwargs": algo.policy_kwargs} if algo.policy_kwargs else {})}
+        text = ", ".join(f"`{key}={_short(value)}`" for key, value in settings.items()) or "nothing"
+        env_specific = f"`{algo.env_policy_kwargs}` column below" if algo.env_policy_kwargs else ""
+        lines.append(f"| `{name}` | {algo.description} | `{algo.cls.replace(':', '.')}` | {text} | {env_specific} |")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return value.__name__ if isinstance(value, type) else repr(value)
+
+
+def reference_table() -> str:
+    """:data:`ENVS` as a Markdown table (printed in ``docs/compare.md``; a test keeps the two equal)."""
+    lines = [
+        "| env | random policy (score 0) | score 1 | solved at | `rainbow` | `qrdqn` |",
+        "|---|---|---|---|---|---|",
+    ]
+    for env_id, ref in ENVS.items():
+        own = [", ".join(f"{k}={v:g}" for k, v in params.items()) for params in (ref.rainbow, ref.qrdqn)]
+        lines.append(
+            f"| {env_id} | {ref.random_score:g} | {ref.max_score:g} | {ref.threshold:g} | {own[0]} | {own[1]} |"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------- command
