@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch as th
 from stable_baselines3 import DQN
 from stable_baselines3.common.vec_env import VecEnv
