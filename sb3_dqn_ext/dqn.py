@@ -15,16 +15,16 @@ heads (``policy_kwargs``), prioritized replay (``PrioritizedReplayBuffer``) and 
 
 from __future__ import annotations
 
+import io
+import pathlib
 import warnings
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import BaseBuffer
-from stable_baselines3.common.buffers import ReplayBuffer as SB3ReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.save_util import load_from_pkl
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
@@ -45,7 +45,15 @@ from sb3_dqn_ext.masking import (
 )
 from sb3_dqn_ext.policies import CnnPolicy, DQNPolicy, MlpPolicy, MultiInputPolicy, QNetwork
 from sb3_dqn_ext.schedules import make_exploration_schedule
-from sb3_dqn_ext.validation import check_hyperparameters, check_spaces
+from sb3_dqn_ext.validation import (
+    check_finite_transition,
+    check_hyperparameters,
+    check_model_file,
+    check_replay_buffer,
+    check_replay_buffer_setup,
+    check_spaces,
+    load_replay_buffer_file,
+)
 
 SelfScratchDQN = TypeVar("SelfScratchDQN", bound="ScratchDQN")
 
@@ -196,7 +204,11 @@ class ScratchDQN(OffPolicyAlgorithm):
             policy_kwargs=policy_kwargs,
             double_q=double_q,
             exploration_schedule=exploration_schedule,
+            seed=seed,
+            device=device,
         )
+        if not isinstance(env, str):  # before SB3 wraps the env, which fails on some spaces with its own errors
+            check_spaces(getattr(env, "observation_space", None), getattr(env, "action_space", None))
         super().__init__(
             policy,
             env,
@@ -294,6 +306,14 @@ class ScratchDQN(OffPolicyAlgorithm):
             if self.env is None:
                 raise ScratchDQNError("You must pass an environment when using `HerReplayBuffer`")
             kwargs["env"] = self.env
+        check_replay_buffer_setup(
+            self.buffer_size,
+            self.observation_space,
+            self.action_space,
+            self.n_envs,
+            self.optimize_memory_usage,
+            prioritized=issubclass(buffer_class, PrioritizedReplayBuffer),
+        )
         return buffer_class(
             self.buffer_size,
             self.observation_space,
@@ -399,8 +419,7 @@ class ScratchDQN(OffPolicyAlgorithm):
 
         Same as SB3's, without its deep copy of every observation: the buffer copies into its own arrays.
         """
-        if not np.isfinite(reward).all():
-            raise DivergenceError(f"the env returned a non-finite reward {reward} at timestep {self.num_timesteps}")
+        check_finite_transition(self._last_obs, new_obs, reward, infos, self.num_timesteps)
         if self._vec_normalize_env is not None:
             new_obs_ = self._vec_normalize_env.get_original_obs()
             reward_ = self._vec_normalize_env.get_original_reward()
@@ -622,6 +641,25 @@ class ScratchDQN(OffPolicyAlgorithm):
         )
 
     # ------------------------------------------------------------------------------------------------ save/load
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfScratchDQN],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfScratchDQN:
+        """
+        SB3's ``load``, after :func:`~sb3_dqn_ext.validation.check_model_file`: a file that is not a model, is
+        truncated or corrupt, was saved by another algorithm or for other spaces than ``env``'s raises
+        :class:`ScratchDQNError` naming the problem. The parameters are SB3's.
+        """
+        check_model_file(path, env=env, algorithm=cls, custom_objects=custom_objects)
+        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """
         Load a replay buffer from a pickle file (ours, with priorities for PER, or one of SB3's).
@@ -632,9 +670,8 @@ class ScratchDQN(OffPolicyAlgorithm):
             (and truncate it).
             If set to ``False``, we assume that we continue the same trajectory (same episode).
         """
-        buffer = load_from_pkl(path, self.verbose)
-        if not isinstance(buffer, (ReplayBuffer, SB3ReplayBuffer)):
-            raise ScratchDQNError(f"{path} does not hold a replay buffer (got {type(buffer).__name__})")
+        buffer = load_replay_buffer_file(path, self.verbose)
+        check_replay_buffer(self, buffer)
         self.replay_buffer = buffer
         if isinstance(buffer, HerReplayBuffer):
             if self.env is None:

@@ -436,7 +436,7 @@ def check_replay_buffer(model: BaseAlgorithm, buffer: BaseBuffer, n_envs: int | 
     for key in ("observation_space", "action_space"):
         if getattr(buffer, key) != getattr(model, key):
             raise ScratchDQNError(
-                f"the replay buffer holds {key} {getattr(buffer, key)}, the model has {getattr(model, key)} ({key})"
+                f"the replay buffer holds {key} {getattr(buffer, key)}, the model has {getattr(model, key)}"
             )
     if buffer.n_envs != n_envs:
         raise ScratchDQNError(f"the replay buffer was filled by n_envs={buffer.n_envs} envs, the env has {n_envs}")
