@@ -38,6 +38,31 @@ except ImportError:  # pragma: no cover
     psutil = None
 
 
+def replay_buffer_nbytes(
+    buffer_size: int,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    n_envs: int = 1,
+    optimize_memory_usage: bool = False,
+    prioritized: bool = False,
+) -> int:
+    """
+    Bytes a replay buffer allocates: observations (twice, or once with ``optimize_memory_usage``), actions, and
+    rewards, dones and timeouts as float32; plus the two float64 trees of :class:`PrioritizedReplayBuffer`.
+    """
+    rows = max(buffer_size // n_envs, 1)
+    inner = observation_space.spaces.values() if isinstance(observation_space, spaces.Dict) else [observation_space]
+    obs_bytes = sum(int(np.prod(space.shape or (1,))) * np.dtype(space.dtype).itemsize for space in inner)
+    copies = 1 if optimize_memory_usage else 2
+    action_dim = int(np.prod(action_space.shape or (1,)))
+    action_bytes = action_dim * np.dtype(action_space.dtype).itemsize
+    total = rows * n_envs * (copies * obs_bytes + action_bytes + 3 * 4)
+    if prioritized:
+        leaves = 1 << (rows * n_envs - 1).bit_length()
+        total += 2 * (2 * leaves) * 8
+    return total
+
+
 class DQNReplayBufferSamples(NamedTuple):
     """
     SB3's sample fields plus what the extensions need: importance weights and sampled leaves (prioritized replay)
@@ -133,18 +158,18 @@ class ReplayBuffer(BaseBuffer):
         self.dones = np.zeros(rows, dtype=np.float32)
         self.timeouts = np.zeros(rows, dtype=np.float32)
 
-    def _bytes_per_row(self) -> int:
-        shapes = self.obs_shape.values() if self.is_dict else [self.obs_shape]  # type: ignore[union-attr]
-        spaces_ = self.observation_space.spaces.values() if self.is_dict else [self.observation_space]  # type: ignore[union-attr]
-        copies = 1 if self.optimize_memory_usage else 2
-        obs = sum(int(np.prod(s)) * np.dtype(sp.dtype).itemsize for s, sp in zip(shapes, spaces_, strict=True))
-        return self.n_envs * (copies * obs + 4 * self.action_dim + 12)
-
     def _check_memory(self) -> None:
         """Warn before allocating a buffer larger than the machine's available memory."""
         if psutil is None:
             return
-        needed = self.buffer_size * self._bytes_per_row()
+        needed = replay_buffer_nbytes(
+            self.buffer_size * self.n_envs,
+            self.observation_space,
+            self.action_space,
+            self.n_envs,
+            self.optimize_memory_usage,
+            isinstance(self, PrioritizedReplayBuffer),
+        )
         available = psutil.virtual_memory().available
         if needed > available:
             warnings.warn(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -80,11 +81,11 @@ def compare_main(args: argparse.Namespace) -> None:
     th.set_num_threads(1)
     shared, own = None, {}
     for text in args.hyperparams or []:
-        algo, sep, path = text.rpartition("=")
-        if not sep:
+        algo, sep, path = text.partition("=")
+        if not (sep and algo.isidentifier()):
             if shared is not None:
-                _fail(f"--hyperparams: two shared files ({shared}, {path}); give one, or ALGO=FILE per algorithm")
-            shared = path
+                _fail(f"--hyperparams: two shared files ({shared}, {text}); give one, or ALGO=FILE per algorithm")
+            shared = text
         elif algo in own:
             _fail(f"--hyperparams: two files for {algo}")
         else:
@@ -104,6 +105,8 @@ def compare_main(args: argparse.Namespace) -> None:
         device=args.device,
         command=" ".join(["sb3-dqn-ext", *args.argv]),
     )
+    # a job scheduler's SIGTERM stops the workers as Ctrl-C does
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary, failures = compare(config)
     except CompareError as error:

@@ -590,7 +590,8 @@ def execute(runs: Sequence[RunSpec], config: ComparisonConfig) -> tuple[int, lis
     pending = [run for run in runs if read_run(run.path(config.out)) is None]
     workers = max(1, min(config.workers, len(pending)))
     where = f"Dask scheduler {config.dask_scheduler}" if config.dask_scheduler else f"{workers} worker process(es)"
-    print(f"{len(runs)} runs: {len(runs) - len(pending)} saved in {config.out}, {len(pending)} to run on {where}")
+    to_run = f"{len(pending)} to run on {where}" if pending else "nothing to run"
+    print(f"{len(runs)} runs: {len(runs) - len(pending)} saved in {config.out}, {to_run}")
     if not pending:
         return 0, []
     executor, client = _executor(config, workers)
@@ -869,7 +870,7 @@ def markdown_report(summary: Mapping[str, Any], command: str, settings: Mapping[
             f"| {algo} | {t['runs']} | {t['train_seconds_mean']:.1f} | {t['steps_per_second_mean']:,.0f} "
             f"({t['steps_per_second_min']:,.0f}–{t['steps_per_second_max']:,.0f}) |"
         )
-    out += ["", "## Hyperparameters", ""]
+    out += ["", "## Hyperparameters", "", "Constructor arguments of each algorithm; blank: the class's default.", ""]
     for env in envs:
         table = summary["hyperparameters"][env]
         keys = sorted(set().union(*(table[algo] for algo in algos)))
@@ -907,6 +908,8 @@ def write_plots(summary: Mapping[str, Any], out: Path) -> list[Path]:
 
     algos = summary["algos"]
     colours = {algo: f"C{i % 10}" for i, algo in enumerate(algos)}
+    # different dashes, so that identical curves (scratch_dqn and sb3_dqn at equal seeds) both stay visible
+    dashes = {algo: ["-", "--", "-.", ":"][i % 4] for i, algo in enumerate(algos)}
     written = []
 
     def save(figure: Figure, name: str) -> None:
@@ -947,7 +950,7 @@ def write_plots(summary: Mapping[str, Any], out: Path) -> list[Path]:
         axes = figure.add_subplot()
         for algo in algos:
             point, low, high = bands[algo]
-            axes.plot(steps, point, label=algo, color=colours[algo])
+            axes.plot(steps, point, label=algo, color=colours[algo], linestyle=dashes[algo])
             axes.fill_between(steps, low, high, color=colours[algo], alpha=0.2)
         if line is not None:
             axes.axhline(line, color="grey", linestyle="--", linewidth=1)

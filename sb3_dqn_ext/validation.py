@@ -24,7 +24,7 @@ from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.buffers import ReplayBuffer as SB3ReplayBuffer
 from stable_baselines3.common.save_util import load_from_pkl
 
-from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
+from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer, replay_buffer_nbytes
 from sb3_dqn_ext.errors import DivergenceError, ScratchDQNError
 
 try:
@@ -214,31 +214,6 @@ def machine_memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
-
-
-def replay_buffer_nbytes(
-    buffer_size: int,
-    observation_space: spaces.Space,
-    action_space: spaces.Space,
-    n_envs: int = 1,
-    optimize_memory_usage: bool = False,
-    prioritized: bool = False,
-) -> int:
-    """
-    Bytes a replay buffer allocates: observations (twice, or once with ``optimize_memory_usage``), actions, and
-    rewards, dones and timeouts as float32; plus the two float64 trees of :class:`PrioritizedReplayBuffer`.
-    """
-    rows = max(buffer_size // n_envs, 1)
-    inner = observation_space.spaces.values() if isinstance(observation_space, spaces.Dict) else [observation_space]
-    obs_bytes = sum(int(np.prod(space.shape or (1,))) * np.dtype(space.dtype).itemsize for space in inner)
-    copies = 1 if optimize_memory_usage else 2
-    action_dim = int(np.prod(action_space.shape or (1,)))
-    action_bytes = action_dim * np.dtype(action_space.dtype).itemsize
-    total = rows * n_envs * (copies * obs_bytes + action_bytes + 3 * 4)
-    if prioritized:
-        leaves = 1 << (rows * n_envs - 1).bit_length()
-        total += 2 * (2 * leaves) * 8
-    return total
 
 
 def check_replay_buffer_setup(
