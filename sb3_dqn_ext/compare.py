@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from sb3_dqn_ext import stats
 from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
 from sb3_dqn_ext.errors import ScratchDQNError
-from sb3_dqn_ext.hyperparams import load_hyperparams, parse_policy_kwargs, to_constructor_kwargs
+from sb3_dqn_ext.hyperparams import load_hyperparams, to_constructor_kwargs
 
 # Evaluation envs are seeded apart from the training envs (the same offset as the tuning command).
 EVAL_SEED_OFFSET = 10_000
@@ -233,7 +233,7 @@ def jsonable(value: Any) -> Any:
 
 
 def _constructor_kwargs(entry: dict[str, Any], path: str | Path | None) -> dict[str, Any]:
-    """An rl-zoo3 entry as constructor arguments, with the replay buffer written as the tuning command writes it."""
+    """An rl-zoo3 entry as constructor arguments, with the replay buffer class named as the tuning command names it."""
     kwargs = to_constructor_kwargs(entry)
     buffer_class = kwargs.get("replay_buffer_class")
     if isinstance(buffer_class, str):
@@ -242,12 +242,6 @@ def _constructor_kwargs(entry: dict[str, Any], path: str | Path | None) -> dict[
                 f"{path}: replay_buffer_class {buffer_class!r} is not one of {', '.join(BUFFER_CLASSES)}"
             )
         kwargs["replay_buffer_class"] = BUFFER_CLASSES[buffer_class]
-    buffer_kwargs = kwargs.get("replay_buffer_kwargs")
-    if isinstance(buffer_kwargs, str):
-        try:
-            kwargs["replay_buffer_kwargs"] = parse_policy_kwargs(buffer_kwargs)
-        except ScratchDQNError:
-            raise ScratchDQNError(f"{path}: replay_buffer_kwargs {buffer_kwargs!r} is not a dict(...)") from None
     return kwargs
 
 
@@ -295,7 +289,7 @@ def hyperparameters(
     for layer in (from_file, registry) if own_file is None else (registry, from_file):
         for key, value in layer.items():
             kwargs[key] = {**kwargs.get(key, {}), **value} if key == "policy_kwargs" else value
-    return entry.get("policy", "MlpPolicy"), kwargs
+    return entry.get("policy", "MlpPolicy"), copy.deepcopy(kwargs)  # never a reference into the registry
 
 
 @dataclass

@@ -171,6 +171,3 @@ def load_hyperparams(env_id: str, path: str | Path | None = None) -> dict[str, A
     if not isinstance(table, dict) or not isinstance(table.get(env_id), dict):
         raise ScratchDQNError(f"hyperparameters file {path} has no entry for {env_id!r}")
     return dict(table[env_id])
-
-
-parse_policy_kwargs = parse_kwargs  # TODO(lead): remove once compare.py imports parse_kwargs
