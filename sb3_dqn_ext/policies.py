@@ -378,22 +378,12 @@ class DQNPolicy(BasePolicy):
         self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
             self.q_net.parameters(),
             lr=lr_schedule(1),
-            **self._optimizer_kwargs_with_fused_default(),
+            **self.optimizer_kwargs,
         )
         # modules whose `training` flag set_training_mode toggles: a flat list, unless one overrides `train()`
         modules = list(self.q_net.modules())
         plain = all(type(m).train is nn.Module.train for m in modules)
         self._train_mode_modules = modules if plain else None
-
-    def _optimizer_kwargs_with_fused_default(self) -> dict[str, Any]:
-        """
-        Adam and AdamW default to their fused implementation (one kernel for all parameters), unless the user chose
-        ``fused`` or ``foreach``. Fused Adam computes the same update up to floating-point rounding.
-        """
-        kwargs = dict(self.optimizer_kwargs)
-        if self.optimizer_class in (th.optim.Adam, th.optim.AdamW) and not {"fused", "foreach"} & set(kwargs):
-            kwargs["fused"] = True
-        return kwargs
 
     def make_q_net(self) -> QNetwork:
         # Each network gets its own features extractor

@@ -173,7 +173,6 @@ def test_n_step_matches_sb3_n_step_buffer():
     from stable_baselines3 import DQN
 
     kwargs = dict(CHAIN_Q_STAR_KWARGS, n_steps=3, learning_starts=100)
-    kwargs["policy_kwargs"] = dict(net_arch=[64, 64], optimizer_kwargs=dict(fused=False))
     ours = ScratchDQN("MlpPolicy", make_chain(), **kwargs).learn(600)
     theirs = DQN("MlpPolicy", make_chain(), **kwargs).learn(600)
     for a, b in zip(ours.q_net.parameters(), theirs.q_net.parameters(), strict=True):
