@@ -48,20 +48,6 @@ ZOO_DQN: dict[str, dict[str, Any]] = {
         exploration_final_eps=0.1,
         policy_kwargs="dict(net_arch=[256, 256])",
     ),
-    "LunarLander-v3": dict(
-        _ZOO_COMMON,
-        n_timesteps=100_000,
-        learning_rate=6.3e-4,
-        batch_size=128,
-        buffer_size=50_000,
-        learning_starts=0,
-        target_update_interval=250,
-        train_freq=4,
-        gradient_steps=-1,
-        exploration_fraction=0.12,
-        exploration_final_eps=0.1,
-        policy_kwargs="dict(net_arch=[256, 256])",
-    ),
     "MountainCar-v0": dict(
         n_timesteps=120_000,
         policy="MlpPolicy",
@@ -78,6 +64,9 @@ ZOO_DQN: dict[str, dict[str, Any]] = {
         policy_kwargs="dict(net_arch=[256, 256])",
     ),
 }
+
+# rl-zoo3 tunes LunarLander-v3 with exactly Acrobot-v1's values
+ZOO_DQN["LunarLander-v3"] = dict(ZOO_DQN["Acrobot-v1"])
 
 # keys of an rl-zoo3 entry that are not constructor arguments
 NON_CONSTRUCTOR_KEYS = {"n_timesteps", "policy", "env_wrapper", "frame_stack", "normalize", "n_envs", "callback"}
