@@ -254,6 +254,7 @@ class ScratchDQN(OffPolicyAlgorithm):
         # invalid-action masking (set by learn(use_masking=...)) and the masks of the current states
         self._use_masking = False
         self._last_action_masks: np.ndarray | None = None
+        self._first_obs_checked = False
 
         if _init_setup_model:
             self._setup_model()
@@ -419,7 +420,11 @@ class ScratchDQN(OffPolicyAlgorithm):
 
         Same as SB3's, without its deep copy of every observation: the buffer copies into its own arrays.
         """
-        check_finite_transition(self._last_obs, new_obs, reward, infos, self.num_timesteps)
+        # every observation is checked once, as the next observation of the step that returned it; only the first
+        # observation of a learn() call is checked as the current one
+        first_obs = None if self._first_obs_checked else self._last_obs
+        check_finite_transition(first_obs, new_obs, reward, infos, self.num_timesteps)
+        self._first_obs_checked = True
         if self._vec_normalize_env is not None:
             new_obs_ = self._vec_normalize_env.get_original_obs()
             reward_ = self._vec_normalize_env.get_original_reward()
@@ -624,6 +629,7 @@ class ScratchDQN(OffPolicyAlgorithm):
         """
         self._use_masking = bool(use_masking) and self.env is not None and is_masking_supported(self.env)
         self._last_action_masks = None
+        self._first_obs_checked = False
         if self._use_masking:
             if not isinstance(self.replay_buffer, ReplayBuffer):
                 raise ScratchDQNError(

@@ -184,7 +184,7 @@ def check_finite_transition(
     A non-finite value in the replay buffer turns every loss computed from it into NaN; stopping at the env step that
     produced it names the culprit. It costs a few microseconds per step; integer observations are not scanned.
 
-    :param obs: the observations the actions were taken in (``_last_obs``)
+    :param obs: the observations the actions were taken in (``_last_obs``), or ``None`` when already checked
     :param new_obs: the observations the env returned (the first of the next episode where one ended)
     :param rewards: the rewards
     :param infos: the infos; their ``terminal_observation`` is checked too
@@ -194,7 +194,7 @@ def check_finite_transition(
         raise DivergenceError(f"the env returned a non-finite reward {rewards} at timestep {timestep}")
     if _has_non_finite(new_obs):
         raise DivergenceError(f"the env returned a non-finite next observation at timestep {timestep}: {new_obs}")
-    if _has_non_finite(obs):  # only the first observation of a run was not checked as a next observation before
+    if obs is not None and _has_non_finite(obs):
         raise DivergenceError(f"the env returned a non-finite observation at timestep {timestep}: {obs}")
     for env_index, info in enumerate(infos):
         terminal = info.get("terminal_observation")

@@ -151,7 +151,8 @@ def test_logger_keys():
 def test_progress_bar():
     pytest.importorskip("tqdm")
     pytest.importorskip("rich")
-    ScratchDQN("MlpPolicy", "CartPole-v1", **SMALL).learn(100, progress_bar=True)
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", **SMALL).learn(100, progress_bar=True)
+    assert model.num_timesteps == 100
 
 
 def test_vec_normalize_env_samples_normalized():
