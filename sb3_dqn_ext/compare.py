@@ -45,6 +45,7 @@ from sb3_dqn_ext import stats
 from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
 from sb3_dqn_ext.errors import ScratchDQNError
 from sb3_dqn_ext.hyperparams import load_hyperparams, to_constructor_kwargs
+from sb3_dqn_ext.torch_layers import register_minatar_envs
 
 # Evaluation envs are seeded apart from the training envs (the same offset as the tuning command).
 EVAL_SEED_OFFSET = 10_000
@@ -65,6 +66,8 @@ class EnvReference:
     :param rainbow: Rainbow's env-specific ``policy_kwargs``: the C51 support, which must cover the discounted returns
     :param qrdqn: QR-DQN's env-specific ``policy_kwargs``: ``n_quantiles`` from rl-zoo3 2.9.2's ``qrdqn.yml``
     :param source: where the reference scores come from
+    :param max_episode_steps: time limit of the comparison's training and evaluation envs, for envs registered
+        without one (MinAtar's games end only when the agent loses)
     """
 
     random_score: float
@@ -73,6 +76,7 @@ class EnvReference:
     rainbow: dict[str, Any]
     qrdqn: dict[str, Any]
     source: str
+    max_episode_steps: int | None = None
 
 
 _RANDOM_SOURCE = (
@@ -116,7 +120,40 @@ ENVS: dict[str, EnvReference] = {
         qrdqn=dict(n_quantiles=25),
         source=f"{_RANDOM_SOURCE} (never reaches the goal in 200 steps); max: the reward threshold",
     ),
+    # MinAtar (Young & Tian, 2019), registered by register_minatar_envs; hyperparameters: MINATAR_DQN (the paper's)
+    "MinAtar/Breakout-v1": EnvReference(
+        random_score=0.416,
+        max_score=10.0,
+        threshold=10.0,
+        # +1 per brick; the discounted returns of agents breaking up to a few dozen bricks stay below 20
+        rainbow=dict(v_min=0.0, v_max=20.0),
+        qrdqn=dict(n_quantiles=200),
+        source=(
+            f"{_RANDOM_SOURCE} (± 0.021 s.e., 10.2 steps per episode); max and threshold: 10 bricks per episode, "
+            "our choice (MinAtar publishes no threshold)"
+        ),
+        max_episode_steps=10_000,
+    ),
 }
+
+
+def make_env(env_id: str, seed: int | None = None) -> VecEnv:
+    """
+    One-env ``VecEnv`` of ``env_id`` as the comparison trains and evaluates on it.
+
+    MinAtar ids are registered first (:func:`~sb3_dqn_ext.torch_layers.register_minatar_envs`), and envs with a
+    ``max_episode_steps`` in :data:`ENVS` get that time limit.
+
+    :param env_id: a gymnasium env id
+    :param seed: seed of the env (``None``: not seeded here; the algorithm seeds it)
+    """
+    if env_id.startswith("MinAtar/"):
+        register_minatar_envs()
+    reference = ENVS.get(env_id)
+    limit = reference.max_episode_steps if reference is not None else None
+    return make_vec_env(
+        env_id, n_envs=1, seed=seed, env_kwargs=None if limit is None else dict(max_episode_steps=limit)
+    )
 
 
 @dataclass(frozen=True)
@@ -331,6 +368,8 @@ def _check_env(env_id: str) -> None:
     import gymnasium as gym
 
     try:
+        if env_id.startswith("MinAtar/"):
+            register_minatar_envs()
         spec = gym.spec(env_id)
     except gym.error.Error as error:
         raise CompareError(f"unknown env id {env_id!r} ({error})") from None
@@ -458,9 +497,12 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     :return: the result: evaluation steps and returns, final return, training and evaluation wall times
     """
     th.set_num_threads(1)
-    eval_env = make_vec_env(spec.env_id, n_envs=1, seed=spec.seed + EVAL_SEED_OFFSET)
+    eval_env = make_env(spec.env_id, seed=spec.seed + EVAL_SEED_OFFSET)
+    # an env id, as before MinAtar, unless the env needs a time limit (the algorithm seeds it either way)
+    reference = ENVS.get(spec.env_id)
+    env = make_env(spec.env_id) if reference is not None and reference.max_episode_steps else spec.env_id
     model = import_class(spec.cls)(
-        spec.policy, spec.env_id, seed=spec.seed, device=spec.device, verbose=0, **copy.deepcopy(spec.kwargs)
+        spec.policy, env, seed=spec.seed, device=spec.device, verbose=0, **copy.deepcopy(spec.kwargs)
     )
     evaluation = _PeriodicEvaluation(eval_env, spec.eval_freq, spec.n_eval_episodes, spec.timesteps)
     evaluation.evaluate(model, 0)
@@ -885,6 +927,11 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|")
 
 
+def _curves_file(env_id: str) -> str:
+    """``curves_<env>.png``, the namespace's ``/`` made ``_`` (``MinAtar/Breakout-v1``)."""
+    return f"curves_{env_id.replace('/', '_')}.png"
+
+
 def _plot_names(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     names = [("aggregates.png", "Aggregate normalised scores with 95% CIs")]
     if summary["probability_of_improvement"]:
@@ -892,7 +939,7 @@ def _plot_names(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     if summary["sample_efficiency"] is not None:
         names.append(("sample_efficiency.png", "IQM normalised score vs env steps"))
     names.append(("performance_profile.png", "Performance profile"))
-    names += [(f"curves_{env}.png", f"{env}: IQM return vs env steps") for env in summary["envs"]]
+    names += [(_curves_file(env), f"{env}: IQM return vs env steps") for env in summary["envs"]]
     return names
 
 
@@ -962,7 +1009,7 @@ def write_plots(summary: Mapping[str, Any], out: Path) -> list[Path]:
     for env in summary["envs"]:
         curve = summary["curves"][env]
         threshold = summary["normalisation"][env]["threshold"]
-        band_plot(f"curves_{env}.png", curve["steps"], curve["iqm"], f"{env}: IQM return (95% CI)", threshold)
+        band_plot(_curves_file(env), curve["steps"], curve["iqm"], f"{env}: IQM return (95% CI)", threshold)
     return written
 
 

@@ -3,12 +3,13 @@ rl-zoo3-format hyperparameters: read a ``dqn.yml``-style file into constructor k
 
 The built-in table holds rl-zoo3 2.9.2's tuned DQN hyperparameters for the classic-control envs
 (``rl_zoo3/hyperparams/dqn.yml``, MIT licence), so that the ``train`` and ``compare`` commands start from the values
-SB3 users know without needing rl-zoo3 installed.
+SB3 users know without needing rl-zoo3 installed, and the MinAtar paper's DQN values for the MinAtar games.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch as th
 import yaml
 
 from sb3_dqn_ext.errors import ScratchDQNError
+from sb3_dqn_ext.torch_layers import MINATAR_GAMES, SmallCNN
 
 _ZOO_COMMON = dict(policy="MlpPolicy", gamma=0.99)
 ZOO_DQN: dict[str, dict[str, Any]] = {
@@ -67,6 +69,32 @@ ZOO_DQN: dict[str, dict[str, Any]] = {
 
 # rl-zoo3 tunes LunarLander-v3 with exactly Acrobot-v1's values
 ZOO_DQN["LunarLander-v3"] = dict(ZOO_DQN["Acrobot-v1"])
+
+# Not rl-zoo3's (it has no MinAtar entry): the DQN of the MinAtar paper (Young & Tian, 2019, table 1) — batch 32,
+# replay 100k, target update every 1000 steps, one update per step, γ 0.99, lr 2.5e-4, replay start 5000, ε 1 → 0.1
+# over the first 100k steps — and its network (SmallCNN, 128 units). Two changes: Adam (SB3's default) instead of
+# RMSprop, and a budget of 500k steps instead of 5M (exploration_fraction 0.2 keeps the paper's 100k-step ε decay).
+_MINATAR = dict(
+    policy="CnnPolicy",
+    n_timesteps=500_000,
+    learning_rate=2.5e-4,
+    batch_size=32,
+    buffer_size=100_000,
+    learning_starts=5000,
+    gamma=0.99,
+    target_update_interval=1000,
+    train_freq=1,
+    gradient_steps=1,
+    exploration_fraction=0.2,
+    exploration_final_eps=0.1,
+    policy_kwargs=dict(
+        features_extractor_class=SmallCNN, features_extractor_kwargs=dict(channels_last=True), net_arch=[]
+    ),
+)
+MINATAR_DQN: dict[str, dict[str, Any]] = {
+    f"MinAtar/{game}-v{version}": dict(_MINATAR) for game in MINATAR_GAMES for version in (0, 1)
+}
+BUILTIN_DQN = {**ZOO_DQN, **MINATAR_DQN}
 
 # keys of an rl-zoo3 entry that are not constructor arguments
 NON_CONSTRUCTOR_KEYS = {"n_timesteps", "policy", "env_wrapper", "frame_stack", "normalize", "n_envs", "callback"}
@@ -147,11 +175,12 @@ def load_hyperparams(env_id: str, path: str | Path | None = None) -> dict[str, A
     The rl-zoo3 entry for ``env_id``, from ``path`` (an rl-zoo3-format YAML) or the built-in table.
 
     :param env_id: gymnasium env id
-    :param path: YAML file; ``None`` uses :data:`ZOO_DQN` (and its defaults for unknown envs)
+    :param path: YAML file; ``None`` uses the built-in table (:data:`ZOO_DQN`, :data:`MINATAR_DQN`; SB3's defaults
+        for unknown envs)
     :return: the raw entry (``n_timesteps``, ``policy`` and constructor arguments)
     """
     if path is None:
-        return dict(ZOO_DQN.get(env_id, {"policy": "MlpPolicy", "n_timesteps": 1_000_000}))
+        return copy.deepcopy(BUILTIN_DQN.get(env_id, {"policy": "MlpPolicy", "n_timesteps": 1_000_000}))
     try:
         with open(path) as file:
             table = yaml.safe_load(file)

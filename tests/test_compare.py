@@ -312,3 +312,20 @@ def test_docs_print_the_registry_and_the_reference_scores():
     text = (Path(__file__).parents[1] / "docs" / "compare.md").read_text()
     assert registry_table() in text
     assert reference_table() in text
+
+
+def test_minatar_breakout_is_registered_capped_and_uses_the_papers_network():
+    pytest.importorskip("minatar")
+    from sb3_dqn_ext.compare import make_env
+    from sb3_dqn_ext.torch_layers import SmallCNN
+
+    policy, kwargs = hyperparameters("rainbow", "MinAtar/Breakout-v1")
+    assert policy == "CnnPolicy"
+    assert kwargs["policy_kwargs"]["features_extractor_class"] is SmallCNN
+    assert kwargs["policy_kwargs"]["features_extractor_kwargs"] == dict(channels_last=True)
+    assert (kwargs["policy_kwargs"]["v_min"], kwargs["policy_kwargs"]["v_max"]) == (0.0, 20.0)
+    assert (kwargs["batch_size"], kwargs["target_update_interval"], kwargs["learning_starts"]) == (32, 1000, 5000)
+    env = make_env("MinAtar/Breakout-v1", seed=0)
+    assert env.envs[0].spec.max_episode_steps == ENVS["MinAtar/Breakout-v1"].max_episode_steps == 10_000
+    assert env.observation_space.shape == (10, 10, 4)
+    assert make_env("CartPole-v1").envs[0].spec.max_episode_steps == 500  # registered limit untouched
