@@ -15,7 +15,9 @@ wall time; and the PER overhead: per seed, the wall time of the ``per`` run over
 (same config, same seed, same comparison), whose median is the figure the target (≤ 1.25x) is about.
 
 The runs of a comparison share the machine with each other (``--workers`` processes), so wall times are
-comparable within one ablation, not across machines.
+comparable within one ablation, not across machines. ``--per-overhead-only STEPS`` measures the PER overhead on its
+own instead, in one process: ScratchDQN with rl-zoo3's CartPole-v1 values, uniform and prioritized replay
+(α 0.6, β 0.4) alternately for ``STEPS`` steps each, same seed, best of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ import argparse
 import datetime as dt
 import platform
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
 from sb3_dqn_ext.compare import ENVS, CompareError, ComparisonConfig, compare, read_run
+from sb3_dqn_ext.hyperparams import load_hyperparams, to_constructor_kwargs
 
 ABLATION = ["sb3_dqn", "scratch_dqn", "double", "dueling", "per", "nstep3", "double_dueling_per_nstep3"]
 DEFAULT_ENVS = ["CartPole-v1=10", "Acrobot-v1=5", "LunarLander-v3=5"]
@@ -51,6 +56,27 @@ def per_overhead(out: Path, env_id: str, seeds: int) -> list[float]:
         if per is not None and plain is not None:
             ratios.append(per["train_seconds"] / plain["train_seconds"])
     return ratios
+
+
+def time_per_overhead(timesteps: int, repeats: int, env_id: str = "CartPole-v1") -> dict[str, float]:
+    """
+    Best-of-``repeats`` training wall time of ScratchDQN with uniform and with prioritized replay, run alternately.
+
+    :return: ``{"uniform": seconds, "per": seconds, "ratio": per / uniform}``
+    """
+    kwargs = to_constructor_kwargs(load_hyperparams(env_id))
+    variants = {
+        "uniform": {},
+        "per": dict(replay_buffer_class=PrioritizedReplayBuffer, replay_buffer_kwargs=dict(alpha=0.6, beta=0.4)),
+    }
+    best = {name: float("inf") for name in variants}
+    for _ in range(repeats):
+        for name, extra in variants.items():
+            model = ScratchDQN(load_hyperparams(env_id).get("policy", "MlpPolicy"), env_id, seed=0, **kwargs, **extra)
+            start = time.perf_counter()
+            model.learn(timesteps)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return dict(best, ratio=best["per"] / best["uniform"])
 
 
 def _ci(values: Sequence[float]) -> str:
@@ -117,11 +143,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--report", default=None, help="markdown file to write (default: OUT/ablation.md)")
+    parser.add_argument("--per-overhead-only", type=int, metavar="STEPS", help="only time uniform vs PER replay")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of --per-overhead-only (best kept)")
     args = parser.parse_args(argv)
 
     import torch as th
 
     th.set_num_threads(1)
+    if args.per_overhead_only:
+        timing = time_per_overhead(args.per_overhead_only, args.repeats)
+        print(
+            f"ScratchDQN, rl-zoo3 CartPole-v1 values, {args.per_overhead_only} steps, best of {args.repeats}, "
+            f"1 torch thread: uniform {timing['uniform']:.2f} s, PER {timing['per']:.2f} s, "
+            f"PER / uniform {timing['ratio']:.3f}x"
+        )
+        return
     out = Path(args.out)
     algos = [name.strip() for name in args.algos.split(",") if name.strip()]
     command = " ".join(["python benchmarks/ablation.py", *(argv if argv is not None else sys.argv[1:])])

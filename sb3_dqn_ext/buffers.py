@@ -58,8 +58,7 @@ def replay_buffer_nbytes(
     action_bytes = action_dim * np.dtype(action_space.dtype).itemsize
     total = rows * n_envs * (copies * obs_bytes + action_bytes + 3 * 4)
     if prioritized:
-        leaves = 1 << (rows * n_envs - 1).bit_length()
-        total += 2 * (2 * leaves) * 8
+        total += SumTree.nbytes_for(rows * n_envs)
     return total
 
 

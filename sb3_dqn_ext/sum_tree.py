@@ -4,10 +4,14 @@ The tree knows nothing about reinforcement learning: it stores one float64 prior
 does this prefix sum fall in", "what is the total" and "what is the smallest positive priority". Every operation is
 vectorised over a batch of leaves; the only Python loops run over the ``O(log n)`` levels of the tree.
 
-Layout: one flat array per tree, the root at index 1 and the children of node ``i`` at ``2 i`` and ``2 i + 1``. The
-leaves sit at ``[n_leaves, n_leaves + capacity)`` where ``n_leaves`` is ``capacity`` rounded up to a power of two; the
-padding leaves hold priority 0, so they are never sampled. Parents are always recomputed from their children (never
-updated by adding a delta), so float round-off does not accumulate over millions of updates.
+Layout: a ``fanout``-ary tree (32 by default), one flat array per level, from the leaves (level 0) to the top level,
+whose ``fanout`` entries are the root's children. Node ``j`` of level ``l + 1`` is the sum of block ``j`` of level
+``l``, i.e. of entries ``[j · fanout, (j + 1) · fanout)``; each level is padded with zeros to a whole number of
+blocks, so padding is never sampled. A wide node makes the tree shallow: 100 000 leaves take 4 levels instead of a
+binary tree's 17, and each level is one batched numpy step, which is what costs on a CPU (a batch of 64 samples is
+far too small for numpy's per-call overhead to amortise). ``fanout=2`` is the classic binary sum-tree. Parents are
+always recomputed from their children (never updated by adding a delta), so float round-off does not accumulate
+over millions of updates.
 """
 
 from __future__ import annotations
@@ -15,39 +19,62 @@ from __future__ import annotations
 import numpy as np
 
 
+def _level_sizes(capacity: int, fanout: int) -> list[int]:
+    """Padded lengths of the levels, leaves first; the last level is one block (the root's children)."""
+    sizes = [-(-capacity // fanout) * fanout]
+    while sizes[-1] > fanout:
+        sizes.append(-(-(sizes[-1] // fanout) // fanout) * fanout)
+    return sizes
+
+
 class SumTree:
     """
-    Binary sum-tree over ``capacity`` non-negative float64 priorities, with a parallel min-tree.
+    Sum-tree over ``capacity`` non-negative float64 priorities, with a parallel min-tree.
 
     Used by prioritized experience replay (Schaul et al., 2016) to sample leaf ``i`` with probability
     ``p_i / sum_j p_j``. A parallel min-tree keeps the smallest *positive* priority in O(log n) per update, which the
     importance-sampling weights need; zero-priority leaves are left out of it because they can never be sampled.
 
-    The state is a few plain numpy arrays and ints, so the tree pickles (and deep-copies) as it is.
+    The state is a few plain numpy arrays and numbers, so the tree pickles (and deep-copies) as it is.
 
-    :param capacity: Number of leaves (any integer >= 1, not necessarily a power of two).
+    :param capacity: Number of leaves (any integer >= 1).
+    :param fanout: Children per node (>= 2); 2 is a binary tree. Results do not depend on it beyond float round-off.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, fanout: int = 32) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
             raise ValueError(f"SumTree capacity must be an integer >= 1, got {capacity!r}")
+        if isinstance(fanout, bool) or not isinstance(fanout, (int, np.integer)) or fanout < 2:
+            raise ValueError(f"SumTree fanout must be an integer >= 2, got {fanout!r}")
         self.capacity = int(capacity)
-        self._depth = (self.capacity - 1).bit_length()
-        self._n_leaves = 1 << self._depth
-        self._sums = np.zeros(2 * self._n_leaves, dtype=np.float64)
+        self.fanout = int(fanout)
+        sizes = _level_sizes(self.capacity, self.fanout)
+        self._sums = [np.zeros(size, dtype=np.float64) for size in sizes]
         # Zero-priority and padding leaves hold +inf so that they never become the minimum.
-        self._mins = np.full(2 * self._n_leaves, np.inf, dtype=np.float64)
+        self._mins = [np.full(size, np.inf, dtype=np.float64) for size in sizes]
+        self._total = 0.0
+        self._min_priority = float("inf")
         self._max_priority = 0.0
+
+    @staticmethod
+    def nbytes_for(capacity: int, fanout: int = 32) -> int:
+        """Bytes of the arrays of a tree of this capacity (to check memory before allocating a replay buffer)."""
+        return 2 * 8 * sum(_level_sizes(int(capacity), int(fanout)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this tree's arrays."""
+        return sum(array.nbytes for array in (*self._sums, *self._mins))
 
     @property
     def total(self) -> float:
         """Sum of all priorities."""
-        return float(self._sums[1])
+        return self._total
 
     @property
     def min_priority(self) -> float:
         """Smallest strictly positive priority, or ``inf`` when every priority is 0."""
-        return float(self._mins[1])
+        return self._min_priority
 
     @property
     def max_priority(self) -> float:
@@ -84,20 +111,20 @@ class SumTree:
         self._max_priority = max(self._max_priority, float(priorities.max()))
 
         # Keep the last occurrence of each leaf: np.unique on the reversed array returns first occurrences.
-        unique_leaves, first_in_reversed = np.unique(indices[::-1], return_index=True)
+        nodes, first_in_reversed = np.unique(indices[::-1], return_index=True)
         leaf_priorities = priorities[::-1][first_in_reversed]
+        self._sums[0][nodes] = leaf_priorities
+        self._mins[0][nodes] = np.where(leaf_priorities > 0, leaf_priorities, np.inf)
 
-        nodes = unique_leaves + self._n_leaves
-        self._sums[nodes] = leaf_priorities
-        self._mins[nodes] = np.where(leaf_priorities > 0, leaf_priorities, np.inf)
-
-        # One vectorised step per level. Siblings share a parent, which is then written twice with the same value
-        # (its children are final by then), so parents need no deduplication.
-        for _ in range(self._depth):
-            nodes = nodes >> 1
-            left = 2 * nodes
-            self._sums[nodes] = self._sums[left] + self._sums[left + 1]
-            self._mins[nodes] = np.minimum(self._mins[left], self._mins[left + 1])
+        # One vectorised step per level: each touched parent is recomputed from its whole block of children. Nodes
+        # sharing a parent write it several times with the same value (its children are final by then).
+        fanout = self.fanout
+        for level in range(len(self._sums) - 1):
+            nodes = nodes // fanout
+            self._sums[level + 1][nodes] = self._sums[level].reshape(-1, fanout)[nodes].sum(axis=1)
+            self._mins[level + 1][nodes] = self._mins[level].reshape(-1, fanout)[nodes].min(axis=1)
+        self._total = float(self._sums[-1].sum())
+        self._min_priority = float(self._mins[-1].min())
 
     def get(self, indices: np.ndarray | int) -> np.ndarray | float:
         """
@@ -107,7 +134,7 @@ class SumTree:
         :return: A float for a scalar index, else a float64 array of the same shape as ``indices``.
         """
         checked = self._check_indices(indices)
-        values = self._sums[checked + self._n_leaves]
+        values = self._sums[0][checked]
         return float(values) if checked.ndim == 0 else values
 
     __getitem__ = get
@@ -116,7 +143,8 @@ class SumTree:
         """
         For each value ``v``, the leaf ``i`` with ``sum(p[:i]) <= v < sum(p[:i + 1])``.
 
-        This is ``np.searchsorted(np.cumsum(p), v, side="right")`` computed by one descent of the tree per level.
+        This is ``np.searchsorted(np.cumsum(p), v, side="right")`` computed by one descent of the tree: per level, a
+        cumulative sum over each node's block of children.
         The descent never enters a subtree whose sum is 0, so it never returns a zero-priority leaf, even when float
         round-off pushes ``v`` to (or just past) the edge of its subtree; ``v == total`` maps to the last leaf with a
         positive priority.
@@ -132,14 +160,20 @@ class SumTree:
             raise ValueError(f"prefix sums must lie in [0, total={total}]")
 
         remaining = values.ravel().copy()
-        nodes = np.ones(remaining.shape, dtype=np.int64)
-        for _ in range(self._depth):
-            left = 2 * nodes
-            left_sum = self._sums[left]
-            go_right = (remaining >= left_sum) & (self._sums[left + 1] > 0)
-            remaining -= np.where(go_right, left_sum, 0.0)
-            nodes = left + go_right
-        return (nodes - self._n_leaves).reshape(values.shape)
+        rows = np.arange(remaining.size)
+        nodes = np.zeros(remaining.size, dtype=np.int64)  # at the top: the one block of the root's children
+        for level in range(len(self._sums) - 1, -1, -1):
+            children = self._sums[level].reshape(-1, self.fanout)[nodes]  # (batch, fanout): each node's block
+            cumulative = np.cumsum(children, axis=1)
+            # the child whose cumulative range holds the value; past the end (round-off): the last positive child
+            child = (cumulative <= remaining[:, None]).sum(axis=1)
+            past_end = child == self.fanout
+            if past_end.any():
+                last_positive = self.fanout - 1 - np.argmax(children[past_end, ::-1] > 0, axis=1)
+                child[past_end] = last_positive
+            remaining -= np.where(child > 0, cumulative[rows, child - 1], 0.0)
+            nodes = nodes * self.fanout + child
+        return nodes.reshape(values.shape)
 
     def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """
@@ -176,4 +210,4 @@ class SumTree:
         return indices
 
     def __repr__(self) -> str:
-        return f"SumTree(capacity={self.capacity}, total={self.total:.6g})"
+        return f"SumTree(capacity={self.capacity}, fanout={self.fanout}, total={self.total:.6g})"

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from sb3_dqn_ext.sum_tree import SumTree
 
 CAPACITIES = [1, 2, 3, 5, 7, 8, 13, 100, 1000]
+# 2: the binary tree; 3: blocks that do not divide the capacities; 32: the default (one level up to 32 leaves)
+FANOUTS = [2, 3, 32]
 
 
 def sequential_updates(capacity, batches):
@@ -22,9 +24,22 @@ def sequential_updates(capacity, batches):
 
 
 def assert_internal_nodes_consistent(tree):
-    n = tree._n_leaves
-    np.testing.assert_array_equal(tree._sums[1:n], tree._sums[2 : 2 * n : 2] + tree._sums[3 : 2 * n : 2])
-    np.testing.assert_array_equal(tree._mins[1:n], np.minimum(tree._mins[2 : 2 * n : 2], tree._mins[3 : 2 * n : 2]))
+    """Every node is the sum (min) of its block of children, padding included; the root is the top block's."""
+    f = tree.fanout
+    for level in range(len(tree._sums) - 1):
+        children, parents = tree._sums[level], tree._sums[level + 1]
+        n_blocks = children.size // f
+        np.testing.assert_array_equal(
+            parents[:n_blocks], [children[j * f : (j + 1) * f].sum() for j in range(n_blocks)]
+        )
+        np.testing.assert_array_equal(parents[n_blocks:], 0.0)
+        mins, parent_mins = tree._mins[level], tree._mins[level + 1]
+        np.testing.assert_array_equal(
+            parent_mins[:n_blocks], [mins[j * f : (j + 1) * f].min() for j in range(n_blocks)]
+        )
+    assert tree.total == tree._sums[-1].sum()
+    assert tree.min_priority == tree._mins[-1].min()
+    assert tree._sums[-1].size == f
 
 
 def random_batches(rng, capacity, n_batches, zero_fraction=0.2):
@@ -37,10 +52,11 @@ def random_batches(rng, capacity, n_batches, zero_fraction=0.2):
     return batches
 
 
+@pytest.mark.parametrize("fanout", FANOUTS)
 @pytest.mark.parametrize("capacity", CAPACITIES)
-def test_random_batch_updates_match_sequential_reference(capacity):
+def test_random_batch_updates_match_sequential_reference(capacity, fanout):
     rng = np.random.default_rng(capacity)
-    tree = SumTree(capacity)
+    tree = SumTree(capacity, fanout)
     batches = random_batches(rng, capacity, n_batches=20)
     for i, (indices, priorities) in enumerate(batches):
         tree.update(indices, priorities)
@@ -81,22 +97,24 @@ def test_capacity_one():
     np.testing.assert_array_equal(tree.sample(4, np.random.default_rng(0)), [0, 0, 0, 0])
 
 
+@pytest.mark.parametrize("fanout", FANOUTS)
 @pytest.mark.parametrize("capacity", CAPACITIES)
-def test_find_prefix_sum_matches_searchsorted_of_cumsum(capacity):
+def test_find_prefix_sum_matches_searchsorted_of_cumsum(capacity, fanout):
     rng = np.random.default_rng(capacity + 1)
     priorities = rng.exponential(size=capacity) * (rng.random(capacity) > 0.3)
     priorities[rng.integers(capacity)] = 1.0  # at least one positive leaf
-    tree = SumTree(capacity)
+    tree = SumTree(capacity, fanout)
     tree.update(np.arange(capacity), priorities)
     values = rng.random(10_000) * priorities.sum()
     expected = np.searchsorted(np.cumsum(priorities), values, side="right")
     np.testing.assert_array_equal(tree.find_prefix_sum(values), expected)
 
 
-def test_find_prefix_sum_at_exact_boundaries_skips_zero_leaves():
+@pytest.mark.parametrize("fanout", FANOUTS)
+def test_find_prefix_sum_at_exact_boundaries_skips_zero_leaves(fanout):
     # Integer priorities: every partial sum is exact, so boundaries can be hit exactly.
-    priorities = np.array([1.0, 0.0, 2.0, 0.0, 0.0, 3.0])  # cumsum 1, 1, 3, 3, 3, 6; padded to 8 leaves
-    tree = SumTree(6)
+    priorities = np.array([1.0, 0.0, 2.0, 0.0, 0.0, 3.0])  # cumsum 1, 1, 3, 3, 3, 6; padded with zero leaves
+    tree = SumTree(6, fanout)
     tree.update(np.arange(6), priorities)
     values = np.array([0.0, 0.999, 1.0, 2.5, 3.0, 5.9, 6.0])
     expected_searchsorted = np.searchsorted(np.cumsum(priorities), values[:-1], side="right")
@@ -106,10 +124,11 @@ def test_find_prefix_sum_at_exact_boundaries_skips_zero_leaves():
     assert tree.find_prefix_sum(np.array([[0.5, 4.0]])).shape == (1, 2)
 
 
-def test_sampling_frequencies_match_priorities_chi_square():
-    capacity = 10  # not a power of two: padding leaves must never be drawn
+@pytest.mark.parametrize("fanout", [2, 3])
+def test_sampling_frequencies_match_priorities_chi_square(fanout):
+    capacity = 10  # not a multiple of the fanout: padding leaves must never be drawn
     priorities = np.array([1.0, 0.0, 3.0, 0.5, 2.0, 0.0, 6.0, 1.5, 4.0, 2.0])
-    tree = SumTree(capacity)
+    tree = SumTree(capacity, fanout)
     tree.update(np.arange(capacity), priorities)
     rng = np.random.default_rng(0)
     batch_size, n_batches = 32, 6250  # 200k draws
@@ -175,8 +194,9 @@ class TopOfRangeRng:
         np.array([96.68927644258896, 0.0, 0.0]),
     ],
 )
-def test_zero_priority_leaves_never_sampled_at_top_of_range(priorities):
-    tree = SumTree(len(priorities))
+@pytest.mark.parametrize("fanout", FANOUTS)
+def test_zero_priority_leaves_never_sampled_at_top_of_range(priorities, fanout):
+    tree = SumTree(len(priorities), fanout)
     tree.update(np.arange(len(priorities)), priorities)
     last_positive = np.flatnonzero(priorities)[-1]
     for batch_size in (1, 3, 7, 64):
@@ -224,6 +244,29 @@ def test_bad_capacity_raises(capacity):
         SumTree(capacity)
 
 
+@pytest.mark.parametrize("fanout", [0, 1, 2.0, True])
+def test_bad_fanout_raises(fanout):
+    with pytest.raises(ValueError, match="fanout"):
+        SumTree(8, fanout)
+
+
+@pytest.mark.parametrize(
+    ("capacity", "fanout", "sizes"),
+    [
+        (1, 32, [32]),
+        (32, 32, [32]),
+        (33, 32, [64, 32]),
+        (100_000, 32, [100_000, 3136, 128, 32]),  # 4 levels where a binary tree has 17
+        (10, 2, [10, 6, 4, 2]),
+        (10, 3, [12, 6, 3]),
+    ],
+)
+def test_levels_and_memory(capacity, fanout, sizes):
+    tree = SumTree(capacity, fanout)
+    assert [level.size for level in tree._sums] == sizes
+    assert tree.nbytes == SumTree.nbytes_for(capacity, fanout) == 2 * 8 * sum(sizes)
+
+
 def test_bad_inputs_raise_value_error():
     tree = SumTree(4)
     with pytest.raises(ValueError, match="all 0"):
@@ -259,9 +302,14 @@ update_batches = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(capacity=st.integers(1, 64), batches=update_batches, fractions=st.lists(st.floats(0, 1), max_size=20))
-def test_property_tree_agrees_with_numpy(capacity, batches, fractions):
-    tree = SumTree(capacity)
+@given(
+    capacity=st.integers(1, 64),
+    fanout=st.sampled_from([2, 3, 4, 32]),
+    batches=update_batches,
+    fractions=st.lists(st.floats(0, 1), max_size=20),
+)
+def test_property_tree_agrees_with_numpy(capacity, fanout, batches, fractions):
+    tree = SumTree(capacity, fanout)
     reference = []
     for batch in batches:
         indices = np.array([i % capacity for i, _ in batch])
