@@ -363,7 +363,9 @@ class ScratchDQN(OffPolicyAlgorithm):
         if self.tau == 1.0:
             th._foreach_copy_(self._target_params, self._online_params)
         elif self.tau > 0.0:
-            th._foreach_lerp_(self._target_params, self._online_params, self.tau)
+            # (1 − τ) θ⁻ first, then + τ θ: SB3's polyak_update order, so the same rounding
+            th._foreach_mul_(self._target_params, 1.0 - self.tau)
+            th._foreach_add_(self._target_params, self._online_params, alpha=self.tau)
         if self._target_stats:
             th._foreach_copy_(self._target_stats, self._online_stats)
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
@@ -37,8 +38,53 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules import module as _module_hooks
 
 from sb3_dqn_ext.errors import ScratchDQNError
+
+# Activations whose module call is replaced by the same functional op on the fast path (same kernel, same numbers)
+_FUNCTIONAL_ACTIVATIONS = {nn.ReLU: th.relu, nn.Tanh: th.tanh, nn.Sigmoid: th.sigmoid}
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
+
+
+def _global_hooks() -> bool:
+    return bool(
+        _module_hooks._global_forward_hooks
+        or _module_hooks._global_forward_pre_hooks
+        or _module_hooks._global_backward_hooks
+        or _module_hooks._global_backward_pre_hooks
+    )
+
+
+class _SequentialPlan:
+    """
+    ``nn.Sequential`` run without ``nn.Module.__call__`` for each layer: each layer's ``forward`` (or, for
+    ReLU/Tanh/Sigmoid, the same functional op) is called directly. Same ops, same order, same numbers; only the
+    per-module dispatch (hooks, tracing checks) is skipped, which for a small MLP costs as much as its matrix
+    products. Falls back to ``seq(x)`` as soon as any layer (or the global registry) has a hook.
+    """
+
+    def __init__(self, seq: nn.Sequential) -> None:
+        self.seq = seq
+        self.modules = list(seq)
+        self.ops = [
+            _FUNCTIONAL_ACTIVATIONS[type(m)]
+            if type(m) in _FUNCTIONAL_ACTIVATIONS and not getattr(m, "inplace", False)
+            else m.forward
+            for m in self.modules
+        ]
+
+    def __call__(self, x: th.Tensor) -> th.Tensor:
+        if _has_hooks(self.seq) or any(_has_hooks(m) for m in self.modules) or _global_hooks():
+            return self.seq(x)
+        for op in self.ops:
+            x = op(x)
+        return x
 
 
 class NoisyLinear(nn.Module):
@@ -207,14 +253,27 @@ class QNetwork(BasePolicy):
         if self.distributional:
             self.register_buffer("support", th.linspace(v_min, v_max, atoms))
         self._noisy_layers = [m for m in self.modules() if isinstance(m, NoisyLinear)]
+        self._fast_path: tuple[_SequentialPlan, ...] = ()
+
+    def _features(self, obs: PyTorchObs) -> th.Tensor:
+        """``extract_features``; SB3's ``FlattenExtractor`` is applied as the ``flatten(1)`` it is."""
+        extractor = self.features_extractor
+        if type(extractor) is FlattenExtractor and not _has_hooks(extractor) and not _has_hooks(extractor.flatten):
+            flatten = extractor.flatten
+            preprocessed = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+            return preprocessed.flatten(flatten.start_dim, flatten.end_dim)  # type: ignore[union-attr]
+        return self.extract_features(obs, extractor)  # type: ignore[return-value]
 
     def _head(self, obs: PyTorchObs) -> th.Tensor:
         """Raw head output: Q-values ``(batch, n_actions)`` or logits ``(batch, n_actions, n_atoms)``."""
-        hidden = self.q_net(self.extract_features(obs, self.features_extractor))
+        if not self._fast_path or self._fast_path[0].seq is not self.q_net:
+            seqs = (self.q_net, self.value_stream, self.advantage_stream) if self.dueling else (self.q_net,)
+            self._fast_path = tuple(_SequentialPlan(seq) for seq in seqs)
+        hidden = self._fast_path[0](self._features(obs))
         if not self.dueling:
             return hidden.view(-1, self.n_actions, self.n_atoms) if self.distributional else hidden
-        value = self.value_stream(hidden)
-        advantage = self.advantage_stream(hidden)
+        value = self._fast_path[1](hidden)
+        advantage = self._fast_path[2](hidden)
         if self.distributional:
             value = value.view(-1, 1, self.n_atoms)
             advantage = advantage.view(-1, self.n_actions, self.n_atoms)
@@ -378,7 +437,7 @@ class DQNPolicy(BasePolicy):
         self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
             self.q_net.parameters(),
             lr=lr_schedule(1),
-            **self.optimizer_kwargs,
+            **_multi_tensor_default(self.optimizer_class, self.optimizer_kwargs),
         )
         # modules whose `training` flag set_training_mode toggles: a flat list, unless one overrides `train()`
         modules = list(self.q_net.modules())
@@ -427,9 +486,21 @@ class DQNPolicy(BasePolicy):
         if self._train_mode_modules is None:
             self.q_net.set_training_mode(mode)
         else:
+            # the flag nn.Module.train() sets, written without nn.Module.__setattr__'s dispatch
             for module in self._train_mode_modules:
-                module.training = mode
+                module.__dict__["training"] = mode
         self.training = mode
+
+
+def _multi_tensor_default(optimizer_class: type[th.optim.Optimizer], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``foreach=True`` for ``th.optim.Adam`` when the user chose neither ``foreach`` nor ``fused``: PyTorch picks the
+    per-tensor loop on CPU, the multi-tensor one computes the same numbers (bitwise, tested against SB3's DQN) in
+    fewer kernel calls. Any other optimizer gets exactly the user's keyword arguments.
+    """
+    if optimizer_class is th.optim.Adam and "foreach" not in kwargs and not kwargs.get("fused"):
+        return {**kwargs, "foreach": True}
+    return kwargs
 
 
 def _check_policy_kwargs(

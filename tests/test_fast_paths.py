@@ -1,0 +1,87 @@
+"""
+The speed paths compute exactly what the plain module calls compute: the per-layer fast path of the Q-network
+(checked against the same network run through ``nn.Module.__call__``, forced by a hook) and the multi-tensor Adam
+default (checked bitwise against SB3's DQN, which uses PyTorch's per-tensor Adam on CPU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import DQN
+from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+from torch import nn
+
+from sb3_dqn_ext import ScratchDQN
+
+POLICY_KWARGS = {
+    "plain": dict(net_arch=[32, 32]),
+    "tanh": dict(net_arch=[16], activation_fn=nn.Tanh),
+    "dueling": dict(net_arch=[32], dueling=True),
+    "noisy_c51_dueling": dict(net_arch=[32], dueling=True, noisy=True, n_atoms=11, v_min=0.0, v_max=10.0),
+    "leaky": dict(net_arch=[8, 8], activation_fn=nn.LeakyReLU),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_KWARGS))
+def test_fast_path_equals_module_calls(name):
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=POLICY_KWARGS[name], seed=0)
+    q_net = model.q_net
+    obs = th.as_tensor(np.random.default_rng(0).normal(size=(7, 4)), dtype=th.float32)
+    fast = q_net._head(obs)
+    calls = []
+    # a global hook makes every layer go through nn.Module.__call__ (the reference)
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: calls.append(type(m)))
+    try:
+        reference = q_net._head(obs)
+    finally:
+        handle.remove()
+    assert nn.Linear in calls or name == "noisy_c51_dueling"
+    assert th.equal(fast, reference)
+    # gradients flow through the fast path as through the modules
+    fast.sum().backward()
+    assert all(p.grad is not None for p in q_net.parameters())
+
+
+def test_layer_hooks_still_run():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", seed=0)
+    seen = []
+    first = model.q_net.q_net[0]
+    handle = first.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model.predict(np.zeros(4, dtype=np.float32))
+    handle.remove()
+    model.predict(np.zeros(4, dtype=np.float32))
+    assert seen == [th.Size([1, 64])]
+
+
+def test_replaced_mlp_is_used():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", seed=0)
+    obs = th.zeros(1, 4)
+    model.q_net(obs)  # builds the fast path for the original layers
+    model.q_net.q_net = nn.Sequential(nn.Linear(4, 2))
+    nn.init.zeros_(model.q_net.q_net[0].weight)
+    nn.init.constant_(model.q_net.q_net[0].bias, 3.0)
+    assert th.equal(model.q_net(obs), th.full((1, 2), 3.0))
+
+
+def test_adam_defaults_to_multi_tensor_and_keeps_user_choices():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1")
+    assert model.policy.optimizer.defaults["foreach"] is True
+    assert model.policy.optimizer_kwargs == {}  # what is saved with the model is still the user's
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_kwargs=dict(foreach=False)))
+    assert model.policy.optimizer.defaults["foreach"] is False
+    model = ScratchDQN(
+        "MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_class=RMSpropTFLike, optimizer_kwargs=dict(eps=1e-5))
+    )
+    assert isinstance(model.policy.optimizer, RMSpropTFLike)
+    assert "foreach" not in model.policy.optimizer.defaults
+
+
+@pytest.mark.parametrize("kwargs", [dict(gradient_steps=3, policy_kwargs=dict(net_arch=[128, 128])), dict(tau=0.5)])
+def test_fast_paths_keep_sb3_numbers_bitwise(kwargs):
+    common = dict(learning_starts=64, train_freq=8, target_update_interval=40, batch_size=32, seed=5, **kwargs)
+    ours = ScratchDQN("MlpPolicy", "CartPole-v1", **common).learn(700)
+    theirs = DQN("MlpPolicy", "CartPole-v1", **common).learn(700)
+    for a, b in zip(ours.policy.parameters(), theirs.policy.parameters(), strict=True):
+        assert th.equal(a, b)
