@@ -152,6 +152,82 @@ def run_once(algo: type, config: Config, extra: dict[str, Any]) -> dict[str, flo
     return dict(wall=wall, env=timers.env, train=timers.train, steps=model.num_timesteps, updates=n_updates)
 
 
+class Breakdown:
+    """
+    Where one run's time goes, for any DQN built on SB3's ``OffPolicyAlgorithm`` (ScratchDQN and SB3's DQN alike):
+    wall-clock time inside the VecEnv's ``step_wait``, ``_sample_action``, ``_store_transition``, ``train`` and,
+    inside ``train``, replay sampling, ``backward``, gradient clipping and the optimizer step. Each probe is a pair of
+    ``perf_counter`` calls around the same function both algorithms call (about 0.2 µs each).
+    """
+
+    PARTS = ("env", "action", "store", "train", "sample", "backward", "clip", "optimizer")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+
+    def probe(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        seconds = self.seconds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            seconds[part] += time.perf_counter() - start
+            return out
+
+        return timed
+
+    def run(self, algo: type, config: Config, extra: dict[str, Any]) -> dict[str, float]:
+        env = config.env()
+        model = algo(config.policy, env, seed=0, verbose=0, **{**config.kwargs, **extra})
+        vec_env = model.get_env()
+        vec_env.step_wait = self.probe("env", vec_env.step_wait)
+        model._sample_action = self.probe("action", model._sample_action)
+        model._store_transition = self.probe("store", model._store_transition)
+        model.train = self.probe("train", model.train)
+        model.replay_buffer.sample = self.probe("sample", model.replay_buffer.sample)
+        model.policy.optimizer.step = self.probe("optimizer", model.policy.optimizer.step)
+        backward, clip = th.Tensor.backward, th.nn.utils.clip_grad_norm_
+        th.Tensor.backward = self.probe("backward", backward)  # type: ignore[method-assign]
+        th.nn.utils.clip_grad_norm_ = self.probe("clip", clip)
+        try:
+            start = time.perf_counter()
+            model.learn(config.timesteps)
+            wall = time.perf_counter() - start
+        finally:
+            th.Tensor.backward, th.nn.utils.clip_grad_norm_ = backward, clip  # type: ignore[method-assign]
+            env.close()
+        steps, updates = model.num_timesteps, max(model._n_updates, 1)
+        t = self.seconds
+        inner = t["sample"] + t["backward"] + t["clip"] + t["optimizer"]
+        return {
+            "wall s": wall,
+            "env.step µs/step": t["env"] / steps * 1e6,
+            "action µs/step": t["action"] / steps * 1e6,
+            "store µs/step": t["store"] / steps * 1e6,
+            "other loop µs/step": (wall - t["train"] - t["env"] - t["action"] - t["store"]) / steps * 1e6,
+            "sample µs/update": t["sample"] / updates * 1e6,
+            "forward+loss+rest µs/update": (t["train"] - inner) / updates * 1e6,
+            "backward µs/update": t["backward"] / updates * 1e6,
+            "clip µs/update": t["clip"] / updates * 1e6,
+            "optimizer µs/update": t["optimizer"] / updates * 1e6,
+        }
+
+
+def breakdown_table(config: Config, algos: dict[str, type]) -> list[str]:
+    """Markdown rows: one per part, one column per algorithm, measured in consecutive runs of ``config``."""
+    results = {}
+    for name, algo in algos.items():
+        if name == "SBX DQN":
+            continue  # SBX's JAX step does not go through these functions
+        extra = config.scratch_only_kwargs if name == "ScratchDQN" else {}
+        results[name] = Breakdown().run(algo, config, extra)
+    names = list(results)
+    rows = [f"| {config.name} | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for part in next(iter(results.values())):
+        rows.append(f"| {part} | " + " | ".join(f"{results[n][part]:.1f}" for n in names) + " |")
+    return rows
+
+
 def sbx_class() -> type | None:
     try:
         from sbx import DQN as SBXDQN  # type: ignore[import-not-found]
@@ -224,6 +300,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every budget")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time where each run's time goes (one extra run per algo)"
+    )
     args = parser.parse_args()
 
     table = configs(args.scale)
@@ -237,7 +316,8 @@ def main() -> None:
         "| config | algo | steps | wall s | env steps/s | grad steps/s | speed-up vs SB3 |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    detail = []
+    detail: list[str] = []
+    breakdowns: list[str] = []
     for key in args.configs.split(","):
         config = table[key]
         best: dict[str, dict[str, float]] = {}
@@ -270,6 +350,10 @@ def main() -> None:
                 f"| {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs ({overhead / f['act']:.2f}x) |"
             )
         print("\n".join(lines[-len(best) :]), flush=True)
+        if args.breakdown and key != "4":
+            rows = breakdown_table(config, algos)
+            breakdowns += ["", *rows]
+            print("\n".join(rows), flush=True)
     lines += [
         "",
         "ScratchDQN against the floors measured in the same run (same network and batch):",
@@ -278,6 +362,12 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|",
         *detail,
     ]
+    if breakdowns:
+        lines += [
+            "",
+            "Where the time goes (one instrumented run per algorithm, µs per env step or per gradient step):",
+            *breakdowns,
+        ]
     report = "\n".join(lines)
     print()
     print(report)
