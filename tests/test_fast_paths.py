@@ -1,7 +1,8 @@
 """
 The speed paths compute exactly what the plain module calls compute: the per-layer fast path of the Q-network
-(checked against the same network run through ``nn.Module.__call__``, forced by a hook) and the multi-tensor Adam
-default (checked bitwise against SB3's DQN, which uses PyTorch's per-tensor Adam on CPU).
+(checked against the same network run through ``nn.Module.__call__``, forced by a hook), and the multi-tensor Adam
+default, the direct gradient clipping and the soft target update (checked bitwise against SB3's DQN, which uses
+PyTorch's per-tensor Adam on CPU, ``clip_grad_norm_`` and ``polyak_update``).
 """
 
 from __future__ import annotations
@@ -78,10 +79,32 @@ def test_adam_defaults_to_multi_tensor_and_keeps_user_choices():
     assert "foreach" not in model.policy.optimizer.defaults
 
 
-@pytest.mark.parametrize("kwargs", [dict(gradient_steps=3, policy_kwargs=dict(net_arch=[128, 128])), dict(tau=0.5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(gradient_steps=3, policy_kwargs=dict(net_arch=[128, 128])),
+        dict(tau=0.5),
+        dict(max_grad_norm=0.05),  # clipping active at every step
+    ],
+)
 def test_fast_paths_keep_sb3_numbers_bitwise(kwargs):
     common = dict(learning_starts=64, train_freq=8, target_update_interval=40, batch_size=32, seed=5, **kwargs)
     ours = ScratchDQN("MlpPolicy", "CartPole-v1", **common).learn(700)
     theirs = DQN("MlpPolicy", "CartPole-v1", **common).learn(700)
     for a, b in zip(ours.policy.parameters(), theirs.policy.parameters(), strict=True):
         assert th.equal(a, b)
+
+
+def test_gradient_clipping_scales_to_max_norm():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", max_grad_norm=0.5, seed=0)
+    for p in model.q_net.parameters():
+        p.grad = th.full_like(p, 3.0)
+    norm_before = th.sqrt(sum((p.grad**2).sum() for p in model.q_net.parameters()))
+    model._clip_grad_norm()
+    norm_after = th.sqrt(sum((p.grad**2).sum() for p in model.q_net.parameters()))
+    assert norm_before > 0.5
+    assert abs(norm_after.item() - 0.5) < 1e-5
+    for p in model.q_net.parameters():
+        p.grad = th.full_like(p, 1e-4)  # below the limit: unchanged
+    model._clip_grad_norm()
+    assert all(th.equal(p.grad, th.full_like(p, 1e-4)) for p in model.q_net.parameters())
