@@ -186,6 +186,8 @@ class Breakdown:
         model.train = self.probe("train", model.train)
         model.replay_buffer.sample = self.probe("sample", model.replay_buffer.sample)
         model.policy.optimizer.step = self.probe("optimizer", model.policy.optimizer.step)
+        if hasattr(model, "_clip_grad_norm"):  # ScratchDQN clips without going through clip_grad_norm_
+            model._clip_grad_norm = self.probe("clip", model._clip_grad_norm)
         backward, clip = th.Tensor.backward, th.nn.utils.clip_grad_norm_
         th.Tensor.backward = self.probe("backward", backward)  # type: ignore[method-assign]
         th.nn.utils.clip_grad_norm_ = self.probe("clip", clip)

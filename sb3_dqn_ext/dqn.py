@@ -450,7 +450,10 @@ class ScratchDQN(OffPolicyAlgorithm):
         else:
             self._last_original_obs, new_obs_, reward_ = self._last_obs, new_obs, reward
         next_obs = new_obs_
-        ended = [i for i in np.flatnonzero(dones) if infos[i].get("terminal_observation") is not None]
+        # (a Python pass over a few bools is cheaper than numpy's for one env or a handful)
+        ended = [
+            i for i, done in enumerate(dones.tolist()) if done and infos[i].get("terminal_observation") is not None
+        ]
         if ended:
             next_obs = {k: v.copy() for k, v in new_obs_.items()} if isinstance(new_obs_, dict) else new_obs_.copy()
             for i in ended:
