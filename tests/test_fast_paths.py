@@ -108,3 +108,20 @@ def test_gradient_clipping_scales_to_max_norm():
         p.grad = th.full_like(p, 1e-4)  # below the limit: unchanged
     model._clip_grad_norm()
     assert all(th.equal(p.grad, th.full_like(p, 1e-4)) for p in model.q_net.parameters())
+
+
+def test_copies_use_their_own_layers():
+    import copy
+    import pickle
+
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(dueling=True), seed=0)
+    obs = th.randn(3, 4)
+    q_values = model.q_net(obs).detach()  # the fast path exists before the copies
+    copied = copy.deepcopy(model.policy)
+    with th.no_grad():
+        for p in model.policy.parameters():
+            p.add_(1.0)  # changing the original must not change the copies
+    unpickled = pickle.loads(pickle.dumps(copied))
+    for policy in (copied, unpickled):
+        assert th.equal(policy.q_net(obs), q_values)
+        assert policy.q_net._fast_path[0].seq is policy.q_net.q_net
