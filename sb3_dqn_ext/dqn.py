@@ -341,8 +341,6 @@ class ScratchDQN(OffPolicyAlgorithm):
         # BatchNorm running statistics are always copied (SB3 GH issue #996)
         self._online_stats = get_parameters_by_name(self.q_net, ["running_"])
         self._target_stats = get_parameters_by_name(self.q_net_target, ["running_"])
-        devices = {(p.device, p.dtype) for p in self._online_params}
-        self._one_grad_group = len(devices) == 1 and next(iter(devices))[0].type in ("cpu", "cuda")
         self._noisy = bool(self.q_net.noisy)
         self._distributional = bool(self.q_net.distributional)
 
@@ -375,13 +373,17 @@ class ScratchDQN(OffPolicyAlgorithm):
         """
         Scale the gradients by ``min(max_grad_norm / (‖g‖₂ + 1e-6), 1)``: ``th.nn.utils.clip_grad_norm_``'s ops
         (per-tensor norms, the norm of the norms, clamp, in-place multiply), called directly when every parameter
-        lives on one CPU or CUDA device with one dtype, so without its per-call grouping of the tensors.
+        lives on one CPU or CUDA device with one dtype (otherwise it calls ``clip_grad_norm_`` itself), so without
+        its per-call grouping of the tensors.
         """
-        if not self._one_grad_group:
-            th.nn.utils.clip_grad_norm_(self._online_params, self.max_grad_norm)
-            return
         grads = [p.grad for p in self._online_params if p.grad is not None]
         if not grads:
+            return
+        first = grads[0]
+        if first.device.type not in ("cpu", "cuda") or any(
+            g.device != first.device or g.dtype != first.dtype or type(g) is not th.Tensor for g in grads
+        ):
+            th.nn.utils.clip_grad_norm_(self._online_params, self.max_grad_norm)
             return
         total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2.0)), 2.0)
         th._foreach_mul_(grads, th.clamp(float(self.max_grad_norm) / (total_norm + 1e-6), max=1.0))

@@ -47,8 +47,13 @@ _FUNCTIONAL_ACTIVATIONS = {nn.ReLU: th.relu, nn.Tanh: th.tanh, nn.Sigmoid: th.si
 
 
 def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module.forward`` directly would skip something ``module(x)`` does (hooks, a compile)."""
     return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or getattr(module, "_compiled_call_impl", None) is not None
     )
 
 
@@ -71,7 +76,10 @@ class _SequentialPlan:
 
     def __init__(self, seq: nn.Sequential) -> None:
         self.seq = seq
-        self.modules = list(seq)
+        self._build()
+
+    def _build(self) -> None:
+        self.modules = tuple(self.seq._modules.values())
         self.ops = [
             _FUNCTIONAL_ACTIVATIONS[type(m)]
             if type(m) in _FUNCTIONAL_ACTIVATIONS and not getattr(m, "inplace", False)
@@ -80,6 +88,8 @@ class _SequentialPlan:
         ]
 
     def __call__(self, x: th.Tensor) -> th.Tensor:
+        if tuple(self.seq._modules.values()) != self.modules:  # a layer was replaced (quantization, fusion, ...)
+            self._build()
         if _has_hooks(self.seq) or any(_has_hooks(m) for m in self.modules) or _global_hooks():
             return self.seq(x)
         for op in self.ops:
@@ -258,7 +268,11 @@ class QNetwork(BasePolicy):
     def _features(self, obs: PyTorchObs) -> th.Tensor:
         """``extract_features``; SB3's ``FlattenExtractor`` is applied as the ``flatten(1)`` it is."""
         extractor = self.features_extractor
-        if type(extractor) is FlattenExtractor and not _has_hooks(extractor) and not _has_hooks(extractor.flatten):
+        if (
+            type(extractor) is FlattenExtractor
+            and type(extractor.flatten) is nn.Flatten
+            and not (_has_hooks(extractor) or _has_hooks(extractor.flatten) or _global_hooks())
+        ):
             flatten = extractor.flatten
             preprocessed = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
             return preprocessed.flatten(flatten.start_dim, flatten.end_dim)  # type: ignore[union-attr]
@@ -498,7 +512,12 @@ def _multi_tensor_default(optimizer_class: type[th.optim.Optimizer], kwargs: dic
     per-tensor loop on CPU, the multi-tensor one computes the same numbers (bitwise, tested against SB3's DQN) in
     fewer kernel calls. Any other optimizer gets exactly the user's keyword arguments.
     """
-    if optimizer_class is th.optim.Adam and "foreach" not in kwargs and not kwargs.get("fused"):
+    if (
+        optimizer_class is th.optim.Adam
+        and "foreach" not in kwargs
+        and not kwargs.get("fused")
+        and not kwargs.get("differentiable")  # the multi-tensor step does not support autograd
+    ):
         return {**kwargs, "foreach": True}
     return kwargs
 

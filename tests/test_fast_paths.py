@@ -125,3 +125,23 @@ def test_copies_use_their_own_layers():
     for policy in (copied, unpickled):
         assert th.equal(policy.q_net(obs), q_values)
         assert policy.q_net._fast_path[0].seq is policy.q_net.q_net
+
+
+def test_replaced_layer_and_compiled_layer_are_honoured():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", seed=0)
+    obs = th.randn(2, 4)
+    model.q_net(obs)
+    model.q_net.q_net[4] = nn.Linear(64, 2)  # replace the output layer inside the Sequential
+    nn.init.zeros_(model.q_net.q_net[4].weight)
+    nn.init.constant_(model.q_net.q_net[4].bias, -1.0)
+    assert th.equal(model.q_net(obs), th.full((2, 2), -1.0))
+    calls = []
+    model.q_net.q_net[0]._compiled_call_impl = lambda *args, **kwargs: calls.append(1) or th.zeros(2, 64)
+    model.q_net(obs)  # a compiled layer goes through nn.Module.__call__ (which runs the compiled version)
+    assert calls == [1]
+
+
+def test_differentiable_adam_keeps_the_per_tensor_step():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_kwargs=dict(differentiable=True)))
+    # (the multi-tensor Adam refuses differentiable=True at construction)
+    assert not model.policy.optimizer.defaults["foreach"]
