@@ -143,5 +143,5 @@ def test_replaced_layer_and_compiled_layer_are_honoured():
 
 def test_differentiable_adam_keeps_the_per_tensor_step():
     model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_kwargs=dict(differentiable=True)))
-    # (the multi-tensor Adam refuses differentiable=True at construction)
+    # (the multi-tensor Adam step raises "_foreach ops don't support autograd" with differentiable=True)
     assert not model.policy.optimizer.defaults["foreach"]
