@@ -280,9 +280,9 @@ class QNetwork(BasePolicy):
 
     def _head(self, obs: PyTorchObs) -> th.Tensor:
         """Raw head output: Q-values ``(batch, n_actions)`` or logits ``(batch, n_actions, n_atoms)``."""
-        if not self._fast_path or self._fast_path[0].seq is not self.q_net:
-            seqs = (self.q_net, self.value_stream, self.advantage_stream) if self.dueling else (self.q_net,)
-            self._fast_path = tuple(_SequentialPlan(seq) for seq in seqs)
+        seqs = (self.q_net, self.value_stream, self.advantage_stream) if self.dueling else (self.q_net,)
+        if tuple(plan.seq for plan in self._fast_path) != seqs:  # (nn.Module compares by identity)
+            self._fast_path = tuple(_SequentialPlan(seq) for seq in seqs)  # first call, or a stream was replaced
         hidden = self._fast_path[0](self._features(obs))
         if not self.dueling:
             return hidden.view(-1, self.n_actions, self.n_atoms) if self.distributional else hidden
@@ -508,9 +508,9 @@ class DQNPolicy(BasePolicy):
 
 def _multi_tensor_default(optimizer_class: type[th.optim.Optimizer], kwargs: dict[str, Any]) -> dict[str, Any]:
     """
-    ``foreach=True`` for ``th.optim.Adam`` when the user chose neither ``foreach`` nor ``fused``: PyTorch picks the
-    per-tensor loop on CPU, the multi-tensor one computes the same numbers (bitwise, tested against SB3's DQN) in
-    fewer kernel calls. Any other optimizer gets exactly the user's keyword arguments.
+    ``foreach=True`` for ``th.optim.Adam`` unless the user set ``foreach``, ``fused`` or ``differentiable``: PyTorch
+    picks the per-tensor loop on CPU, the multi-tensor one computes the same numbers (bitwise, tested against SB3's
+    DQN) in fewer kernel calls. Any other optimizer gets exactly the user's keyword arguments.
     """
     if (
         optimizer_class is th.optim.Adam

@@ -145,3 +145,14 @@ def test_differentiable_adam_keeps_the_per_tensor_step():
     model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(optimizer_kwargs=dict(differentiable=True)))
     # (the multi-tensor Adam step raises "_foreach ops don't support autograd" with differentiable=True)
     assert not model.policy.optimizer.defaults["foreach"]
+
+
+def test_replaced_dueling_stream_is_used():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8], dueling=True), seed=0)
+    obs = th.randn(2, 4)
+    model.q_net(obs)
+    model.q_net.value_stream = nn.Sequential(nn.Linear(8, 1))
+    nn.init.zeros_(model.q_net.value_stream[0].weight)
+    nn.init.constant_(model.q_net.value_stream[0].bias, 100.0)
+    # Q = V + A − mean(A): with V = 100 the mean over actions of Q is exactly 100
+    assert th.allclose(model.q_net(obs).mean(dim=1), th.full((2,), 100.0))
