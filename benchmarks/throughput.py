@@ -1,7 +1,7 @@
 """
 Throughput: ScratchDQN vs SB3's DQN (and SBX's DQN when ``sbx-rl`` is installed) at identical settings.
 
-    python benchmarks/throughput.py [--configs 1,2,3,4] [--repeats 3] [--scale 1.0] [--out FILE.md]
+    python benchmarks/throughput.py [--configs 1,2,3,4] [--repeats 3] [--scale 1.0] [--device cpu] [--out FILE.md]
 
 For each configuration the algorithms run alternately (A, B, A, B, ...) with the same seed, one torch thread, and
 each keeps its best wall time over ``--repeats``. ScratchDQN's run is instrumented: time inside ``env.step`` and
@@ -11,6 +11,10 @@ network and batch:
 - the bare eager DQN update (forward, Huber loss, backward, grad clipping, fused Adam) written directly in PyTorch;
 - the matrix multiplies alone (the forward and backward GEMMs of the same layers);
 - a bare forward + argmax for one observation (the greedy action).
+
+``--device cuda`` runs every algorithm and every floor on the GPU (both algorithms get the same ``device=``); the
+floors then wait for the GPU (``torch.cuda.synchronize``) before each timing is read, and the forward+argmax floor
+includes copying the observation to the GPU and the action back, as an env step must.
 
 Configurations:
 1. rl-zoo3 CartPole-v1: train_freq 256, gradient_steps 128, 256x256, batch 64 (update-heavy);
@@ -138,11 +142,11 @@ def instrument(model: Any, env: VecEnv, timers: Timers) -> None:
     model.train = timed_train
 
 
-def run_once(algo: type, config: Config, extra: dict[str, Any]) -> dict[str, float]:
+def run_once(algo: type, config: Config, extra: dict[str, Any], device: str = "cpu") -> dict[str, float]:
     env = config.env()
     kwargs = {**config.kwargs, **extra}
     timers = Timers()
-    model = algo(config.policy, env, seed=0, verbose=0, **kwargs)
+    model = algo(config.policy, env, seed=0, verbose=0, device=device, **kwargs)
     instrument(model, model.get_env(), timers)
     start = time.perf_counter()
     model.learn(config.timesteps)
@@ -238,23 +242,26 @@ def sbx_class() -> type | None:
     return SBXDQN
 
 
-def floors(net_arch: list[int], obs_dim: int, n_actions: int, batch: int, reps: int = 300) -> dict[str, float]:
+def floors(
+    net_arch: list[int], obs_dim: int, n_actions: int, batch: int, reps: int = 300, device: str = "cpu"
+) -> dict[str, float]:
     """Bare eager fused-Adam DQN step, the GEMMs alone, and forward + argmax for one observation (seconds)."""
     th.manual_seed(0)
+    on_gpu = th.device(device).type == "cuda"
 
     def mlp() -> th.nn.Sequential:
         layers, last = [], obs_dim
         for width in net_arch:
             layers += [th.nn.Linear(last, width), th.nn.ReLU()]
             last = width
-        return th.nn.Sequential(*layers, th.nn.Linear(last, n_actions))
+        return th.nn.Sequential(*layers, th.nn.Linear(last, n_actions)).to(device)
 
     online, target = mlp(), mlp()
     params = list(online.parameters())
     optimizer = th.optim.Adam(params, lr=1e-4, fused=True)
-    obs, next_obs = th.randn(batch, obs_dim), th.randn(batch, obs_dim)
-    actions = th.randint(n_actions, (batch, 1))
-    rewards, dones = th.randn(batch, 1), th.zeros(batch, 1)
+    obs, next_obs = th.randn(batch, obs_dim, device=device), th.randn(batch, obs_dim, device=device)
+    actions = th.randint(n_actions, (batch, 1), device=device)
+    rewards, dones = th.randn(batch, 1, device=device), th.zeros(batch, 1, device=device)
 
     def step() -> None:
         with th.no_grad():
@@ -267,7 +274,10 @@ def floors(net_arch: list[int], obs_dim: int, n_actions: int, batch: int, reps: 
         optimizer.step()
 
     dims = [obs_dim, *net_arch, n_actions]
-    mats = [(th.randn(batch, i), th.randn(o, i), th.randn(batch, o)) for i, o in zip(dims[:-1], dims[1:], strict=True)]
+    mats = [
+        (th.randn(batch, i, device=device), th.randn(o, i, device=device), th.randn(batch, o, device=device))
+        for i, o in zip(dims[:-1], dims[1:], strict=True)
+    ]
 
     def gemms() -> None:
         for x, w, g in mats:
@@ -280,20 +290,34 @@ def floors(net_arch: list[int], obs_dim: int, n_actions: int, batch: int, reps: 
 
     def act() -> None:
         with th.inference_mode():
-            online(one).argmax(1)
+            if on_gpu:  # the observation goes to the GPU and the action comes back, as in an env step
+                online(one.to(device)).argmax(1).cpu()
+            else:
+                online(one).argmax(1)
+
+    sync = th.cuda.synchronize if on_gpu else (lambda: None)
 
     def best(fn: Callable[[], None]) -> float:
         for _ in range(20):
             fn()
+        sync()
         times = []
         for _ in range(5):
             start = time.perf_counter()
             for _ in range(reps):
                 fn()
+            sync()
             times.append((time.perf_counter() - start) / reps)
         return min(times)
 
     return dict(eager_step=best(step), gemms=best(gemms), act=best(act))
+
+
+def device_name(device: str) -> str:
+    """``"cpu"`` or the GPU's name, e.g. ``"cuda (NVIDIA H100 80GB HBM3)"``."""
+    if th.device(device).type == "cuda":
+        return f"{device} ({th.cuda.get_device_name(th.device(device))})"
+    return device
 
 
 def main() -> None:
@@ -302,10 +326,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every budget")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
+    parser.add_argument("--device", default="cpu", help="device of every model and floor: cpu (default) or cuda")
     parser.add_argument(
         "--breakdown", action="store_true", help="also time where each run's time goes (one extra run per algo)"
     )
     args = parser.parse_args()
+    if args.breakdown and th.device(args.device).type != "cpu":
+        parser.error("--breakdown times asynchronous GPU work at launch: use it with --device cpu")
 
     table = configs(args.scale)
     algos: dict[str, type] = {"ScratchDQN": ScratchDQN, "SB3 DQN": DQN}
@@ -313,7 +340,7 @@ def main() -> None:
         algos["SBX DQN"] = sbx_class()  # type: ignore[assignment]
     lines = [
         f"torch {th.__version__}, {th.get_num_threads()} thread, {platform.processor() or platform.machine()}, "
-        f"best of {args.repeats}, alternating runs",
+        f"device {device_name(args.device)}, best of {args.repeats}, alternating runs",
         "",
         "| config | algo | steps | wall s | env steps/s | grad steps/s | speed-up vs SB3 |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -330,7 +357,7 @@ def main() -> None:
                 if name == "SBX DQN" and key == "3":
                     continue
                 extra = config.scratch_only_kwargs if name == "ScratchDQN" else {}
-                result = run_once(algo, config, extra)
+                result = run_once(algo, config, extra, args.device)
                 if name not in best or result["wall"] < best[name]["wall"]:
                     best[name] = result
         sb3_wall = best.get("SB3 DQN", {}).get("wall")
@@ -343,7 +370,7 @@ def main() -> None:
         ours = best["ScratchDQN"]
         if config.policy == "MlpPolicy":
             kw = {**config.kwargs, **config.scratch_only_kwargs}
-            f = floors(kw["policy_kwargs"]["net_arch"], 4, 2, kw["batch_size"])
+            f = floors(kw["policy_kwargs"]["net_arch"], 4, 2, kw["batch_size"], device=args.device)
             per_update = ours["train"] / max(ours["updates"], 1)
             overhead = (ours["wall"] - ours["train"] - ours["env"]) / ours["steps"]
             detail.append(
