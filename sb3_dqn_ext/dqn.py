@@ -31,8 +31,10 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
 from torch.nn import functional as F
 
+from sb3_dqn_ext import fast_update
 from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
 from sb3_dqn_ext.errors import DivergenceError, ScratchDQNError
+from sb3_dqn_ext.fast_update import FlatMLPAdam
 from sb3_dqn_ext.masking import (
     INFO_KEY,
     ActionMaskInfo,
@@ -274,6 +276,8 @@ class ScratchDQN(OffPolicyAlgorithm):
         self.policy = self.policy.to(self.device)
         self._convert_train_freq()
         self._create_aliases()
+        self._fast_update: FlatMLPAdam | None = None
+        self._fast_update_unsupported: tuple[Any, Any] | None = None
         self.exploration_schedule = make_exploration_schedule(
             self.exploration_schedule_kind,
             self.exploration_initial_eps,
@@ -559,6 +563,19 @@ class ScratchDQN(OffPolicyAlgorithm):
         per_sample = -(target_probs * log_probs).sum(dim=-1)
         return per_sample, per_sample.detach()
 
+    def _flat_mlp_adam(self) -> FlatMLPAdam | None:
+        """The autograd-free step for this Q-network and optimizer when it applies now (see :mod:`fast_update`)."""
+        if not fast_update.ENABLED:
+            return None
+        q_net, optimizer = self.q_net, self.policy.optimizer
+        fast = getattr(self, "_fast_update", None)
+        if fast is None or fast.stale(q_net, optimizer):
+            if getattr(self, "_fast_update_unsupported", None) == (q_net, optimizer):
+                return None
+            fast = self._fast_update = FlatMLPAdam.for_network(q_net, optimizer)
+            self._fast_update_unsupported = (q_net, optimizer) if fast is None else None
+        return fast if fast is not None and fast.ready() else None
+
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Switch to train mode (this affects batch norm / dropout)
         self.policy.set_training_mode(True)
@@ -566,6 +583,8 @@ class ScratchDQN(OffPolicyAlgorithm):
         prioritized = isinstance(self.replay_buffer, PrioritizedReplayBuffer)
         if prioritized:
             self.replay_buffer.set_progress(self._current_progress_remaining)  # type: ignore[union-attr]
+        # plain MLP + Adam on CPU: the same step without autograd's bookkeeping (bitwise the same numbers)
+        fast = None if self._distributional else self._flat_mlp_adam()
 
         losses, td_errors, weights_mean = [], [], []
         for _ in range(gradient_steps):
@@ -588,6 +607,18 @@ class ScratchDQN(OffPolicyAlgorithm):
                     td_target = data.rewards + discounts * (1 - data.dones) * self._next_q_values(
                         data.next_observations, masks
                     )
+                if fast is not None:
+                    # minimise (w ·) huber(Q(s, a; θ) − y): forward, backward, clipping and Adam in one call
+                    features = self.q_net._features(data.observations)
+                    weights = data.weights.reshape(-1) if prioritized else None
+                    loss, q_values = fast.step(features, data.actions.long(), td_target, self.max_grad_norm, weights)
+                    losses.append(loss)
+                    if prioritized:
+                        priority = (td_target - q_values).abs().reshape(-1)  # |δ|
+                        self.replay_buffer.update_priorities(data.indices, priority)  # type: ignore[union-attr]
+                        td_errors.append(priority.mean())
+                        weights_mean.append(weights.mean())  # type: ignore[union-attr]
+                    continue
                 q_values = self.q_net(data.observations).gather(1, data.actions.long())  # Q(s, a; θ)
                 if not prioritized:
                     loss = F.smooth_l1_loss(q_values, td_target)
@@ -722,6 +753,8 @@ class ScratchDQN(OffPolicyAlgorithm):
             "_online_stats",
             "_target_stats",
             "_last_action_masks",
+            "_fast_update",
+            "_fast_update_unsupported",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

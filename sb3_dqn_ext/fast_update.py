@@ -1,0 +1,322 @@
+"""
+The DQN gradient step without autograd, for the plain MLP Q-network with Adam on CPU.
+
+For ``Q(s) = W_L σ(… σ(W_1 s + b_1) …) + b_L`` one gradient step is
+
+1. the forward pass, keeping each layer's output;
+2. the Huber loss ``L = mean_i huber(Q(s_i, a_i) − y_i)`` (``mean_i w_i huber(…)`` with prioritized replay's
+   importance weights ``w_i``);
+3. the backward pass written out, with the kernels autograd itself calls for these ops:
+   ``smooth_l1_loss_backward`` (the loss; times ``w_i / n`` with weights), ``scatter_add_`` into zeros
+   (``gather``), ``∂L/∂W = gᵀ x`` and ``∂L/∂b = Σ_i g_i`` (``linear``), ``g W`` for the layer's input,
+   ``threshold_backward`` / ``tanh_backward`` / ``sigmoid_backward`` (the activations);
+4. gradient clipping, ``clip_grad_norm_``'s ops;
+5. Adam with ``torch.optim.Adam``'s multi-tensor op sequence (``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``,
+   ``div_``, ``add_``, ``addcdiv_``), applied once to flat buffers that every parameter, gradient and moment is a
+   view of, instead of once per tensor.
+
+Every step is the same op on the same numbers as autograd followed by ``torch.optim.Adam(foreach=True)``, so the
+weights, the optimizer state and the loss are bitwise those of the autograd path (``tests/test_fast_update.py``
+checks this against SB3's DQN). What is saved is bookkeeping: building and walking the autograd graph,
+``nn.Module.__call__``, ``Optimizer.step``'s hooks and grouping, and one kernel per tensor per Adam op.
+
+:class:`FlatMLPAdam` takes over only where all of this holds (else ScratchDQN runs its autograd path, which is
+always correct): parameters on CPU in float32; a :class:`~sb3_dqn_ext.policies.QNetwork` without dueling, noisy or
+C51 heads, whose features extractor has no parameters and whose MLP is ``nn.Linear`` layers (with bias) and ReLU,
+Tanh or Sigmoid activations; an exact ``torch.optim.Adam`` with one parameter group over exactly those parameters,
+no weight decay, no AMSGrad, not maximizing, ``foreach=True`` and a float learning rate; and, checked before every
+step, no hook anywhere (module, parameter or optimizer hooks, global ones too) and no layer, parameter or
+optimizer state replaced since the last step. Set ``sb3_dqn_ext.fast_update.ENABLED = False`` to always use
+autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch as th
+from torch import nn
+from torch.nn import functional as F
+from torch.optim import optimizer as _optimizer_hooks
+
+from sb3_dqn_ext.policies import _FUNCTIONAL_ACTIVATIONS, QNetwork, _global_hooks, _has_hooks
+
+ENABLED = True
+
+_aten = th.ops.aten
+# d activation / d input from the activation's output, as autograd computes it
+_ACTIVATION_BACKWARD: dict[type, Callable[[th.Tensor, th.Tensor], th.Tensor]] = {
+    nn.ReLU: lambda grad, out: _aten.threshold_backward(grad, out, 0),
+    nn.Tanh: _aten.tanh_backward,
+    nn.Sigmoid: _aten.sigmoid_backward,
+}
+_NONE, _MEAN = 0, 1  # at::Reduction
+_ADAM_DEFAULTS = dict(
+    weight_decay=0, amsgrad=False, maximize=False, foreach=True, capturable=False, differentiable=False
+)
+
+
+def _group_supported(group: dict[str, Any]) -> bool:
+    """An Adam parameter group whose step is the multi-tensor one this module replays."""
+    if any(group.get(key, value) != value for key, value in _ADAM_DEFAULTS.items()):
+        return False
+    if group.get("fused") or group.get("decoupled_weight_decay", False):
+        return False
+    return all(type(x) is float for x in (group["lr"], group["eps"], *group["betas"]))
+
+
+def _layers_supported(modules: tuple[nn.Module, ...]) -> bool:
+    if not modules or type(modules[0]) is not nn.Linear or type(modules[-1]) is not nn.Linear:
+        return False
+    for module in modules:
+        if type(module) is nn.Linear:
+            if module.bias is None:
+                return False
+        elif type(module) not in _ACTIVATION_BACKWARD or getattr(module, "inplace", False):
+            return False
+    return True
+
+
+class FlatMLPAdam:
+    """
+    One DQN gradient step (forward, Huber loss, backward, clipping, Adam) without autograd: see the module
+    docstring for what it computes and when it applies. Build it with :meth:`for_network`, which returns ``None``
+    where it does not apply, and call :meth:`ready` before each :meth:`step`.
+
+    Building it makes the network's parameters views of one flat buffer (same values); the optimizer keeps the
+    same parameters, and its state stays what ``torch.optim.Adam`` keeps (per-parameter ``step``, ``exp_avg``,
+    ``exp_avg_sq``), as views of flat buffers, so saving, loading and the autograd path see the usual state.
+
+    :param q_net: the online Q-network
+    :param optimizer: its ``torch.optim.Adam``
+    """
+
+    def __init__(self, q_net: QNetwork, optimizer: th.optim.Optimizer) -> None:
+        self.q_net = q_net
+        self.optimizer = optimizer
+        self.group = optimizer.param_groups[0]
+        self.seq = q_net.q_net
+        self.modules = tuple(self.seq._modules.values())
+        self.params = list(q_net.parameters())
+        # forward ops (same as the Q-network's fast path) and, per module, what the backward pass does
+        self.linears = [m for m in self.modules if type(m) is nn.Linear]
+        self.activations = [
+            (_FUNCTIONAL_ACTIVATIONS[type(m)], _ACTIVATION_BACKWARD[type(m)])
+            for m in self.modules
+            if type(m) is not nn.Linear
+        ]
+        sizes = [p.numel() for p in self.params]
+        self.flat_params = th.cat([p.detach().reshape(-1) for p in self.params])
+        self.flat_grads = th.zeros_like(self.flat_params)
+        self._param_views = self._views(self.flat_params, sizes)
+        with th.no_grad():
+            for param, view in zip(self.params, self._param_views, strict=True):
+                param.data = view
+        self._grad_views = self._views(self.flat_grads, sizes)
+        self._data_ptrs = [p.data_ptr() for p in self.params]
+        self._state_views: list[tuple[th.Tensor, th.Tensor, th.Tensor]] = []
+        self._one = th.tensor(1.0)
+        self._sizes = sizes
+
+    def _views(self, flat: th.Tensor, sizes: list[int]) -> list[th.Tensor]:
+        return [view.view_as(p) for view, p in zip(flat.split(sizes), self.params, strict=True)]
+
+    @classmethod
+    def for_network(cls, q_net: QNetwork, optimizer: th.optim.Optimizer) -> FlatMLPAdam | None:
+        """
+        :param q_net: the online Q-network
+        :param optimizer: the optimizer over its parameters
+        :return: the fast step for them, or ``None`` where it does not apply (the autograd path is used)
+        """
+        if not ENABLED or not isinstance(q_net, QNetwork) or type(optimizer) is not th.optim.Adam:
+            return None
+        if q_net.dueling or q_net.noisy or q_net.distributional or not isinstance(q_net.q_net, nn.Sequential):
+            return None
+        params = list(q_net.parameters())
+        seq_params = list(q_net.q_net.parameters())
+        if (
+            not params
+            or len(params) != len(seq_params)
+            or any(a is not b for a, b in zip(params, seq_params, strict=True))
+            or any(
+                p.device.type != "cpu" or p.dtype != th.float32 or not p.requires_grad or type(p) is not nn.Parameter
+                for p in params
+            )
+            or len(q_net.features_extractor.state_dict()) > 0
+            or not _layers_supported(tuple(q_net.q_net._modules.values()))
+        ):
+            return None
+        if len(optimizer.param_groups) != 1 or {id(p) for p in optimizer.param_groups[0]["params"]} != {
+            id(p) for p in params
+        }:
+            return None
+        if not _group_supported(optimizer.param_groups[0]):
+            return None
+        return cls(q_net, optimizer)
+
+    def stale(self, q_net: nn.Module, optimizer: th.optim.Optimizer) -> bool:
+        """
+        Whether this step no longer belongs to ``q_net`` and ``optimizer`` (another network or optimizer, or
+        parameters moved to new storage, e.g. by a deep copy or ``.to()``): build a new one.
+        """
+        return (
+            q_net is not self.q_net
+            or optimizer is not self.optimizer
+            or any(p.data_ptr() != pointer for p, pointer in zip(self.params, self._data_ptrs, strict=True))
+        )
+
+    def ready(self) -> bool:
+        """
+        Whether :meth:`step` computes what the autograd path would: nothing hooked or replaced since the last step
+        (the optimizer's state is re-linked to the flat buffers after, e.g., ``optimizer.load_state_dict``).
+        """
+        if (
+            _global_hooks()
+            or _optimizer_hooks._global_optimizer_pre_hooks
+            or _optimizer_hooks._global_optimizer_post_hooks
+        ):
+            return False
+        optimizer = self.optimizer
+        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+            return False
+        groups = optimizer.param_groups
+        if groups[0] is not self.group:  # e.g. after optimizer.load_state_dict: adopt the new group if it fits
+            if len(groups) != 1 or {id(p) for p in groups[0]["params"]} != {id(p) for p in self.params}:
+                return False
+            self.group = groups[0]
+        if not _group_supported(self.group):
+            return False
+        if tuple(self.seq._modules.values()) != self.modules or self.q_net.q_net is not self.seq:
+            return False
+        if _has_hooks(self.seq) or any(_has_hooks(m) for m in self.modules):
+            return False
+        for param, pointer in zip(self.params, self._data_ptrs, strict=True):
+            if param.data_ptr() != pointer or param._backward_hooks or param._post_accumulate_grad_hooks:
+                return False
+        return self._state_linked() or self._link_state()
+
+    def _state_linked(self) -> bool:
+        if not self._state_views:
+            return False
+        state = self.optimizer.state
+        for param, (step, exp_avg, exp_avg_sq) in zip(self.params, self._state_views, strict=True):
+            entry = state.get(param)
+            if (
+                entry is None
+                or entry.get("step") is not step
+                or entry.get("exp_avg") is not exp_avg
+                or entry.get("exp_avg_sq") is not exp_avg_sq
+            ):
+                return False
+        return True
+
+    def _link_state(self) -> bool:
+        """Make Adam's per-parameter state views of flat buffers (zeros before the first step, as Adam starts)."""
+        state = self.optimizer.state
+        entries = [state.get(p) for p in self.params]
+        if all(not entry for entry in entries):
+            steps = th.zeros(len(self.params))
+            exp_avg = th.zeros_like(self.flat_params)
+            exp_avg_sq = th.zeros_like(self.flat_params)
+        elif all(entry and {"step", "exp_avg", "exp_avg_sq"} <= entry.keys() for entry in entries):
+            tensors = [(e["step"], e["exp_avg"], e["exp_avg_sq"]) for e in entries]  # type: ignore[index]
+            if any(
+                s.numel() != 1
+                or s.dtype != th.float32
+                or s.device.type != "cpu"
+                or m.dtype != th.float32
+                or m.device.type != "cpu"
+                or v.dtype != th.float32
+                or v.device.type != "cpu"
+                for s, m, v in tensors
+            ):
+                return False
+            steps = th.stack([s.reshape(()) for s, _, _ in tensors])
+            if not bool((steps == steps[0]).all()):  # one step count for all, as the autograd path keeps it
+                return False
+            exp_avg = th.cat([m.reshape(-1) for _, m, _ in tensors])
+            exp_avg_sq = th.cat([v.reshape(-1) for _, _, v in tensors])
+        else:
+            return False
+        self.flat_steps, self.flat_exp_avg, self.flat_exp_avg_sq = steps, exp_avg, exp_avg_sq
+        self._state_views = []
+        for i, (param, m, v) in enumerate(
+            zip(self.params, self._views(exp_avg, self._sizes), self._views(exp_avg_sq, self._sizes), strict=True)
+        ):
+            step = steps[i]
+            state[param] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
+            self._state_views.append((step, m, v))
+        return True
+
+    @th.no_grad()
+    def step(
+        self,
+        features: th.Tensor,
+        actions: th.Tensor,
+        td_target: th.Tensor,
+        max_grad_norm: float,
+        weights: th.Tensor | None = None,
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        One gradient step on ``L = mean_i huber(Q(s_i, a_i) − y_i)``, or ``mean_i w_i huber(Q(s_i, a_i) − y_i)``
+        with importance weights.
+
+        :param features: the Q-network's input (its features extractor's output), ``(batch, features_dim)``
+        :param actions: ``a_i``, int64, ``(batch, 1)``
+        :param td_target: ``y_i``, ``(batch, 1)``
+        :param max_grad_norm: clip the gradient to this L2 norm
+        :param weights: importance-sampling weights ``w_i``, ``(batch,)`` (prioritized replay), or ``None``
+        :return: the loss and ``Q(s_i, a_i)``, both before the step
+        """
+        # forward, keeping every layer's output
+        outputs = [features]
+        h = features
+        activations = iter(self.activations)
+        for module in self.modules:
+            h = F.linear(h, module.weight, module.bias) if type(module) is nn.Linear else next(activations)[0](h)
+            outputs.append(h)
+        q_values = h.gather(1, actions)  # Q(s, a; θ)
+        if weights is None:
+            loss = F.smooth_l1_loss(q_values, td_target)
+            # backward: ∂L/∂Q(s, a), scattered back to the chosen actions, then layer by layer
+            grad = _aten.smooth_l1_loss_backward(self._one, q_values, td_target, _MEAN, 1.0)
+        else:
+            per_sample = F.smooth_l1_loss(q_values, td_target, reduction="none").reshape(-1)
+            loss = (weights * per_sample).mean()
+            n = per_sample.shape[0]
+            grad = (self._one.expand(n) / n * weights).reshape(q_values.shape)  # ∂L/∂huber_i = w_i / n
+            grad = _aten.smooth_l1_loss_backward(grad, q_values, td_target, _NONE, 1.0)
+        grad = th.zeros_like(h).scatter_add_(1, actions, grad)
+        grads = iter(reversed(self._grad_views))
+        backward = iter(reversed(self.activations))
+        for index in range(len(self.modules) - 1, -1, -1):
+            module = self.modules[index]
+            if type(module) is nn.Linear:
+                grad_bias, grad_weight = next(grads), next(grads)
+                th.mm(grad.t(), outputs[index], out=grad_weight)  # ∂L/∂W = gᵀ x
+                th.sum(grad, 0, out=grad_bias)  # ∂L/∂b = Σ_i g_i
+                if index > 0:
+                    grad = grad.mm(module.weight)  # ∂L/∂x = g W
+            else:
+                grad = next(backward)[1](grad, outputs[index + 1])
+        for param, view in zip(self.params, self._grad_views, strict=True):
+            if param.grad is not view:
+                param.grad = view
+
+        # clip_grad_norm_: g ← g · min(c / (‖g‖₂ + 1e-6), 1)
+        total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(self._grad_views, 2.0)), 2.0)
+        self.flat_grads.mul_(th.clamp(float(max_grad_norm) / (total_norm + 1e-6), max=1.0))
+
+        # Adam, torch.optim.Adam's multi-tensor sequence on the flat buffers
+        group = self.group
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        g, m, v = self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq
+        self.flat_steps.add_(self._one, alpha=1.0)
+        t = self.flat_steps[0].item()
+        m.lerp_(g, 1 - beta1)  # m ← β₁ m + (1 − β₁) g
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v ← β₂ v + (1 − β₂) g²
+        step_size = (lr / (1 - beta1**t)) * -1
+        denom = v.sqrt().div_((1 - beta2**t) ** 0.5).add_(eps)  # √(v / (1 − β₂ᵗ)) + ε
+        self.flat_params.addcdiv_(m, denom, value=step_size)  # θ ← θ − lr / (1 − β₁ᵗ) · m / denom
+        return loss, q_values

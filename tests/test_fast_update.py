@@ -1,0 +1,213 @@
+"""
+The autograd-free MLP + Adam step (:mod:`sb3_dqn_ext.fast_update`) computes bitwise what autograd and
+``torch.optim.Adam`` compute, takes over only where it applies, and hands back to autograd whenever anything it
+does not replay is present (hooks, other optimizers or settings, other heads).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3 import DQN
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+from stable_baselines3.common.vec_env import DummyVecEnv
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+import sb3_dqn_ext.fast_update as fast_update
+from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
+from sb3_dqn_ext.fast_update import FlatMLPAdam
+
+COMMON = dict(learning_starts=64, train_freq=8, target_update_interval=40, batch_size=32, seed=3)
+
+
+@pytest.fixture
+def fast_calls(monkeypatch):
+    """Counts the gradient steps taken by the fast path."""
+    calls = []
+    step = FlatMLPAdam.step
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(FlatMLPAdam, "step", counted)
+    return calls
+
+
+def autograd_run(monkeypatch, *args, steps: int, **kwargs) -> ScratchDQN:
+    monkeypatch.setattr(fast_update, "ENABLED", False)
+    try:
+        return ScratchDQN(*args, **kwargs).learn(steps)
+    finally:
+        monkeypatch.setattr(fast_update, "ENABLED", True)
+
+
+def assert_same_training_state(a: ScratchDQN, b: ScratchDQN) -> None:
+    for p, q in zip(a.policy.parameters(), b.policy.parameters(), strict=True):
+        assert th.equal(p, q)
+    state_a, state_b = a.policy.optimizer.state_dict(), b.policy.optimizer.state_dict()
+    # (our Adam default is foreach=True, which is what SB3's Adam chooses on CUDA; on CPU it leaves it None)
+    groups_a, groups_b = ([{**g, "foreach": None} for g in s["param_groups"]] for s in (state_a, state_b))
+    assert groups_a == groups_b
+    for key, entry in state_a["state"].items():
+        for name, value in entry.items():
+            assert th.equal(value, state_b["state"][key][name]), name
+    # (SB3 logs the float64 mean of the losses' .item(), ScratchDQN the float32 mean of the loss tensors)
+    assert a.logger.name_to_value["train/loss"] == pytest.approx(b.logger.name_to_value["train/loss"], rel=1e-6)
+    if isinstance(a.replay_buffer, PrioritizedReplayBuffer):  # priorities written back from |δ|, same bits
+        leaves = np.arange(a.replay_buffer.buffer_size * a.replay_buffer.n_envs)
+        np.testing.assert_array_equal(a.replay_buffer.tree.get(leaves), b.replay_buffer.tree.get(leaves))
+        for key in ("train/td_error_mean", "train/is_weight_mean"):
+            assert a.logger.name_to_value[key] == b.logger.name_to_value[key]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(policy_kwargs=dict(net_arch=[128, 128]), gradient_steps=3),
+        dict(max_grad_norm=0.05),  # clipping active at every step
+        dict(policy_kwargs=dict(net_arch=[16, 8], activation_fn=nn.Tanh), tau=0.3),
+        dict(policy_kwargs=dict(net_arch=[16], activation_fn=nn.Sigmoid), learning_rate=lambda p: 1e-3 * p),
+        dict(policy_kwargs=dict(net_arch=[]), gamma=0.9),  # a single linear layer
+    ],
+)
+def test_fast_step_is_sb3_dqn_bitwise(kwargs, fast_calls):
+    ours = ScratchDQN("MlpPolicy", "CartPole-v1", **COMMON, **kwargs).learn(800)
+    theirs = DQN("MlpPolicy", "CartPole-v1", **COMMON, **kwargs).learn(800)
+    assert len(fast_calls) == ours._n_updates > 0
+    assert_same_training_state(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(double_q=True, n_steps=3),
+        dict(exploration_schedule="exponential", gradient_steps=2, train_freq=16),
+        dict(replay_buffer_class=PrioritizedReplayBuffer, replay_buffer_kwargs=dict(alpha=0.6, beta=0.4)),
+        dict(replay_buffer_class=PrioritizedReplayBuffer, n_steps=3, double_q=True, max_grad_norm=0.1),
+    ],
+)
+def test_fast_step_equals_autograd_with_extensions_and_two_envs(kwargs, fast_calls, monkeypatch):
+    def env():
+        return DummyVecEnv([lambda: gym.make("CartPole-v1")] * 2)
+
+    ours = ScratchDQN("MlpPolicy", env(), **{**COMMON, **kwargs}).learn(800)
+    assert len(fast_calls) == ours._n_updates > 0
+    assert_same_training_state(ours, autograd_run(monkeypatch, "MlpPolicy", env(), steps=800, **{**COMMON, **kwargs}))
+
+
+def test_parameters_and_state_are_views_of_flat_buffers_and_a_loaded_model_relinks(tmp_path, fast_calls, monkeypatch):
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", **COMMON).learn(400)
+    fast = model._fast_update
+    assert all(p.untyped_storage().data_ptr() == fast.flat_params.untyped_storage().data_ptr() for p in fast.params)
+    model.save(tmp_path / "m.zip")
+    model.save_replay_buffer(tmp_path / "b.pkl")
+
+    def resumed(enabled: bool) -> ScratchDQN:
+        monkeypatch.setattr(fast_update, "ENABLED", enabled)
+        loaded = ScratchDQN.load(tmp_path / "m.zip", env=make_vec_env("CartPole-v1", seed=1))
+        loaded.load_replay_buffer(tmp_path / "b.pkl")
+        loaded.set_random_seed(7)
+        return loaded.learn(400)
+
+    calls = len(fast_calls)
+    fast_run = resumed(True)
+    assert len(fast_calls) > calls
+    # the loaded model's optimizer state (Adam's step and moments from the file) is re-linked to its flat buffers
+    assert fast_run._fast_update._state_linked()
+    assert_same_training_state(fast_run, resumed(False))
+
+
+def test_replaced_optimizer_state_and_deep_copy_are_relinked(fast_calls, monkeypatch):
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", **COMMON).learn(300)
+    reference = copy.deepcopy(model)  # (env and all) parameters in new storage
+    rng = np.random.get_state(), th.get_rng_state()  # the global generators both runs draw from
+    monkeypatch.setattr(fast_update, "ENABLED", False)
+    reference.learn(300, reset_num_timesteps=False)  # autograd
+    monkeypatch.setattr(fast_update, "ENABLED", True)
+    np.random.set_state(rng[0])
+    th.set_rng_state(rng[1])
+    # replace the optimizer state with an equal copy (as optimizer.load_state_dict does)
+    model.policy.optimizer.load_state_dict(copy.deepcopy(model.policy.optimizer.state_dict()))
+    calls_before = len(fast_calls)
+    model.learn(300, reset_num_timesteps=False)
+    assert len(fast_calls) > calls_before
+    assert_same_training_state(model, reference)
+    copied = copy.deepcopy(model)
+    copied.learn(100, reset_num_timesteps=False)
+    assert copied._fast_update is not model._fast_update and copied._fast_update.q_net is copied.q_net
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(policy_kwargs=dict(optimizer_class=RMSpropTFLike)),
+        dict(policy_kwargs=dict(optimizer_kwargs=dict(weight_decay=1e-4))),
+        dict(policy_kwargs=dict(optimizer_kwargs=dict(amsgrad=True))),
+        dict(policy_kwargs=dict(optimizer_kwargs=dict(fused=True))),
+        dict(policy_kwargs=dict(optimizer_kwargs=dict(foreach=False))),
+        dict(policy_kwargs=dict(dueling=True)),
+        dict(policy_kwargs=dict(noisy=True)),
+        dict(policy_kwargs=dict(n_atoms=11, v_min=0.0, v_max=10.0)),
+        dict(policy_kwargs=dict(activation_fn=nn.LeakyReLU)),
+    ],
+)
+def test_autograd_path_where_the_fast_step_does_not_apply(kwargs, fast_calls):
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", **COMMON, **kwargs).learn(300)
+    assert model._n_updates > 0 and fast_calls == []
+
+
+@pytest.mark.parametrize("hook", ["module", "parameter", "optimizer", "global_optimizer"])
+def test_hooks_send_the_step_back_to_autograd(hook, fast_calls):
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", **COMMON).learn(200)
+    assert fast_calls
+    seen = []
+    if hook == "module":
+        handle = model.q_net.q_net[0].register_forward_hook(lambda m, i, o: seen.append(1))
+    elif hook == "parameter":
+        handle = model.q_net.q_net[0].weight.register_hook(lambda g: seen.append(1))
+    elif hook == "optimizer":
+        handle = model.policy.optimizer.register_step_post_hook(lambda opt, args, kwargs: seen.append(1))
+    else:
+        handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: seen.append(1))
+    calls = len(fast_calls)
+    updates = model._n_updates
+    try:
+        model.learn(200, reset_num_timesteps=False)
+    finally:
+        handle.remove()
+    assert len(fast_calls) == calls and model._n_updates > updates and seen
+
+
+def test_autograd_path_on_another_dtype():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", **COMMON)
+    model.policy.double()
+    assert FlatMLPAdam.for_network(model.q_net, model.policy.optimizer) is None
+
+
+def test_loss_is_the_huber_loss_by_hand():
+    delta = np.array([0.5, -2.0, 0.0, 3.0, -0.25])
+    huber = np.where(np.abs(delta) < 1, 0.5 * delta**2, np.abs(delta) - 0.5)
+    weights = np.array([1.0, 0.5, 0.25, 0.1, 2.0])
+    obs = th.as_tensor(np.random.default_rng(0).normal(size=(5, 4)), dtype=th.float32)
+    actions = th.tensor([[0], [1], [1], [0], [1]])
+    for w, expected in ((None, huber.mean()), (weights, (weights * huber).mean())):
+        model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), seed=0)
+        fast = FlatMLPAdam.for_network(model.q_net, model.policy.optimizer)
+        assert fast is not None and fast.ready()
+        with th.no_grad():
+            q = model.q_net(obs).gather(1, actions)
+        target = q + th.as_tensor(delta, dtype=th.float32).reshape(-1, 1)
+        w_tensor = None if w is None else th.as_tensor(w, dtype=th.float32)
+        loss, q_out = fast.step(obs, actions, target, 10.0, w_tensor)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+        assert th.equal(q_out, q)  # Q(s, a) before the step
+        with th.no_grad():
+            assert not th.equal(model.q_net(obs).gather(1, actions), q)  # the step moved the weights
