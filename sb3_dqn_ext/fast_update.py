@@ -52,6 +52,7 @@ _ACTIVATION_BACKWARD: dict[type, Callable[[th.Tensor, th.Tensor], th.Tensor]] = 
     nn.Sigmoid: _aten.sigmoid_backward,
 }
 _NONE, _MEAN = 0, 1  # at::Reduction
+_ALIGN = 16  # floats: 64 bytes, the alignment of a tensor allocated on its own
 _ADAM_DEFAULTS = dict(
     weight_decay=0, amsgrad=False, maximize=False, foreach=True, capturable=False, differentiable=False
 )
@@ -100,27 +101,41 @@ class FlatMLPAdam:
         self.modules = tuple(self.seq._modules.values())
         self.params = list(q_net.parameters())
         # forward ops (same as the Q-network's fast path) and, per module, what the backward pass does
-        self.linears = [m for m in self.modules if type(m) is nn.Linear]
         self.activations = [
             (_FUNCTIONAL_ACTIVATIONS[type(m)], _ACTIVATION_BACKWARD[type(m)])
             for m in self.modules
             if type(m) is not nn.Linear
         ]
-        sizes = [p.numel() for p in self.params]
-        self.flat_params = th.cat([p.detach().reshape(-1) for p in self.params])
+        # Each tensor starts on a 64-byte boundary of the flat buffers, as a tensor of its own would: CPU kernels
+        # (MKL's GEMMs among them) can round differently at other alignments. The padding stays 0 (zero gradient,
+        # zero moments, so a zero Adam update).
+        self._offsets = []
+        end = 0
+        for param in self.params:
+            self._offsets.append(end)
+            end += -(-param.numel() // _ALIGN) * _ALIGN
+        self._length = end
+        self.flat_params = self._flat([p.detach() for p in self.params])
         self.flat_grads = th.zeros_like(self.flat_params)
-        self._param_views = self._views(self.flat_params, sizes)
         with th.no_grad():
-            for param, view in zip(self.params, self._param_views, strict=True):
+            for param, view in zip(self.params, self._views(self.flat_params), strict=True):
                 param.data = view
-        self._grad_views = self._views(self.flat_grads, sizes)
+        self._grad_views = self._views(self.flat_grads)
         self._data_ptrs = [p.data_ptr() for p in self.params]
         self._state_views: list[tuple[th.Tensor, th.Tensor, th.Tensor]] = []
-        self._one = th.tensor(1.0)
-        self._sizes = sizes
+        self._one = th.tensor(1.0, dtype=th.float32)
 
-    def _views(self, flat: th.Tensor, sizes: list[int]) -> list[th.Tensor]:
-        return [view.view_as(p) for view, p in zip(flat.split(sizes), self.params, strict=True)]
+    def _flat(self, tensors: list[th.Tensor]) -> th.Tensor:
+        """A zero-padded flat float32 buffer holding ``tensors`` at the parameters' offsets."""
+        flat = th.zeros(self._length, dtype=th.float32)
+        for view, tensor in zip(self._views(flat), tensors, strict=True):
+            view.copy_(tensor.reshape(view.shape))
+        return flat
+
+    def _views(self, flat: th.Tensor) -> list[th.Tensor]:
+        return [
+            flat[offset : offset + p.numel()].view_as(p) for offset, p in zip(self._offsets, self.params, strict=True)
+        ]
 
     @classmethod
     def for_network(cls, q_net: QNetwork, optimizer: th.optim.Optimizer) -> FlatMLPAdam | None:
@@ -129,7 +144,8 @@ class FlatMLPAdam:
         :param optimizer: the optimizer over its parameters
         :return: the fast step for them, or ``None`` where it does not apply (the autograd path is used)
         """
-        if not ENABLED or not isinstance(q_net, QNetwork) or type(optimizer) is not th.optim.Adam:
+        # (a QNetwork subclass may compute something else in forward: autograd runs it)
+        if not ENABLED or type(q_net) is not QNetwork or type(optimizer) is not th.optim.Adam:
             return None
         if q_net.dueling or q_net.noisy or q_net.distributional or not isinstance(q_net.q_net, nn.Sequential):
             return None
@@ -178,21 +194,35 @@ class FlatMLPAdam:
         ):
             return False
         optimizer = self.optimizer
-        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer):
             return False
         groups = optimizer.param_groups
+        if len(groups) != 1:
+            return False
         if groups[0] is not self.group:  # e.g. after optimizer.load_state_dict: adopt the new group if it fits
-            if len(groups) != 1 or {id(p) for p in groups[0]["params"]} != {id(p) for p in self.params}:
+            if {id(p) for p in groups[0]["params"]} != {id(p) for p in self.params}:
                 return False
             self.group = groups[0]
         if not _group_supported(self.group):
             return False
-        if tuple(self.seq._modules.values()) != self.modules or self.q_net.q_net is not self.seq:
+        q_net = self.q_net
+        if q_net.q_net is not self.seq or tuple(self.seq._modules.values()) != self.modules:
             return False
-        if _has_hooks(self.seq) or any(_has_hooks(m) for m in self.modules):
+        # layers changed in place (e.g. a parametrization changes a layer's class) or patched on the instance
+        if not _layers_supported(self.modules) or any("forward" in vars(m) for m in self.modules):
+            return False
+        if _has_hooks(q_net) or _has_hooks(self.seq) or any(_has_hooks(m) for m in self.modules):
+            return False
+        params = list(q_net.parameters())  # the same Parameter objects, in the same storage, all trained
+        if len(params) != len(self.params) or any(a is not b for a, b in zip(params, self.params, strict=True)):
             return False
         for param, pointer in zip(self.params, self._data_ptrs, strict=True):
-            if param.data_ptr() != pointer or param._backward_hooks or param._post_accumulate_grad_hooks:
+            if (
+                param.data_ptr() != pointer
+                or not param.requires_grad
+                or param._backward_hooks
+                or param._post_accumulate_grad_hooks
+            ):
                 return False
         return self._state_linked() or self._link_state()
 
@@ -216,7 +246,7 @@ class FlatMLPAdam:
         state = self.optimizer.state
         entries = [state.get(p) for p in self.params]
         if all(not entry for entry in entries):
-            steps = th.zeros(len(self.params))
+            steps = th.zeros(len(self.params), dtype=th.float32)
             exp_avg = th.zeros_like(self.flat_params)
             exp_avg_sq = th.zeros_like(self.flat_params)
         elif all(entry and {"step", "exp_avg", "exp_avg_sq"} <= entry.keys() for entry in entries):
@@ -229,21 +259,21 @@ class FlatMLPAdam:
                 or m.device.type != "cpu"
                 or v.dtype != th.float32
                 or v.device.type != "cpu"
-                for s, m, v in tensors
+                or m.numel() != p.numel()
+                or v.numel() != p.numel()
+                for (s, m, v), p in zip(tensors, self.params, strict=True)
             ):
                 return False
             steps = th.stack([s.reshape(()) for s, _, _ in tensors])
             if not bool((steps == steps[0]).all()):  # one step count for all, as the autograd path keeps it
                 return False
-            exp_avg = th.cat([m.reshape(-1) for _, m, _ in tensors])
-            exp_avg_sq = th.cat([v.reshape(-1) for _, _, v in tensors])
+            exp_avg = self._flat([m for _, m, _ in tensors])
+            exp_avg_sq = self._flat([v for _, _, v in tensors])
         else:
             return False
         self.flat_steps, self.flat_exp_avg, self.flat_exp_avg_sq = steps, exp_avg, exp_avg_sq
         self._state_views = []
-        for i, (param, m, v) in enumerate(
-            zip(self.params, self._views(exp_avg, self._sizes), self._views(exp_avg_sq, self._sizes), strict=True)
-        ):
+        for i, (param, m, v) in enumerate(zip(self.params, self._views(exp_avg), self._views(exp_avg_sq), strict=True)):
             step = steps[i]
             state[param] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
             self._state_views.append((step, m, v))

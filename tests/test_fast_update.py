@@ -17,11 +17,13 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import sb3_dqn_ext.fast_update as fast_update
 from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
 from sb3_dqn_ext.fast_update import FlatMLPAdam
+from sb3_dqn_ext.policies import DQNPolicy, QNetwork
 
 COMMON = dict(learning_starts=64, train_freq=8, target_update_interval=40, batch_size=32, seed=3)
 
@@ -76,11 +78,15 @@ def assert_same_training_state(a: ScratchDQN, b: ScratchDQN) -> None:
         dict(policy_kwargs=dict(net_arch=[16, 8], activation_fn=nn.Tanh), tau=0.3),
         dict(policy_kwargs=dict(net_arch=[16], activation_fn=nn.Sigmoid), learning_rate=lambda p: 1e-3 * p),
         dict(policy_kwargs=dict(net_arch=[]), gamma=0.9),  # a single linear layer
+        # widths that are not multiples of 16: each tensor must keep a 64-byte-aligned start in the flat buffers,
+        # as MKL rounds differently at other alignments
+        dict(policy_kwargs=dict(net_arch=[7, 5], activation_fn=nn.Tanh), train_freq=4),
+        dict(policy_kwargs=dict(net_arch=[13, 3]), train_freq=2),
     ],
 )
 def test_fast_step_is_sb3_dqn_bitwise(kwargs, fast_calls):
-    ours = ScratchDQN("MlpPolicy", "CartPole-v1", **COMMON, **kwargs).learn(800)
-    theirs = DQN("MlpPolicy", "CartPole-v1", **COMMON, **kwargs).learn(800)
+    ours = ScratchDQN("MlpPolicy", "CartPole-v1", **{**COMMON, **kwargs}).learn(1500)
+    theirs = DQN("MlpPolicy", "CartPole-v1", **{**COMMON, **kwargs}).learn(1500)
     assert len(fast_calls) == ours._n_updates > 0
     assert_same_training_state(ours, theirs)
 
@@ -211,3 +217,64 @@ def test_loss_is_the_huber_loss_by_hand():
         assert th.equal(q_out, q)  # Q(s, a) before the step
         with th.no_grad():
             assert not th.equal(model.q_net(obs).gather(1, actions), q)  # the step moved the weights
+
+
+class HalvedQNetwork(QNetwork):
+    def forward(self, obs):
+        return 0.5 * super().forward(obs)
+
+
+class HalvedPolicy(DQNPolicy):
+    def make_q_net(self) -> QNetwork:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return HalvedQNetwork(**net_args).to(self.device)
+
+
+def test_q_network_subclass_goes_through_autograd(fast_calls):
+    model = ScratchDQN(HalvedPolicy, "CartPole-v1", **COMMON).learn(300)
+    assert model._n_updates > 0 and fast_calls == []
+
+
+def _frozen_first_layer(model):
+    model.q_net.q_net[0].requires_grad_(False)
+
+
+def _parametrized_second_layer(model):
+    parametrize.register_parametrization(model.q_net.q_net[2], "weight", Doubled())
+
+
+def _hook_on_q_network(model):
+    model.q_net.register_forward_hook(lambda module, inputs, output: output * 2.0)
+
+
+def _replaced_parameter(model):
+    layer = model.q_net.q_net[0]
+    layer.weight = nn.Parameter(layer.weight.detach().clone() * 0.5)
+
+
+class Doubled(nn.Module):
+    def forward(self, weight):
+        return 2.0 * weight
+
+
+@pytest.mark.parametrize(
+    "change", [_frozen_first_layer, _parametrized_second_layer, _hook_on_q_network, _replaced_parameter]
+)
+def test_changes_between_learn_calls_send_the_step_to_autograd(change, fast_calls, monkeypatch):
+    """Whatever changes between two learn() calls, the second call computes what autograd computes."""
+    runs = []
+    for enabled in (True, False):
+        monkeypatch.setattr(fast_update, "ENABLED", enabled)
+        model = ScratchDQN("MlpPolicy", "CartPole-v1", **COMMON).learn(300)
+        change(model)
+        frozen = model.q_net.q_net[0].weight.detach().clone()
+        calls = len(fast_calls)
+        model.learn(300, reset_num_timesteps=False)
+        if enabled:
+            assert len(fast_calls) == calls  # the fast step did not run after the change
+        runs.append(model)
+        if change is _frozen_first_layer:
+            assert th.equal(model.q_net.q_net[0].weight, frozen)
+    fast, autograd = runs
+    for p, q in zip(fast.policy.parameters(), autograd.policy.parameters(), strict=True):
+        assert th.equal(p, q)
