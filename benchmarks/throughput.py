@@ -37,6 +37,7 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
+from sb3_dqn_ext.fast_update import FlatMLPAdam
 
 th.set_num_threads(1)
 
@@ -160,11 +161,14 @@ class Breakdown:
     """
     Where one run's time goes, for any DQN built on SB3's ``OffPolicyAlgorithm`` (ScratchDQN and SB3's DQN alike):
     wall-clock time inside the VecEnv's ``step_wait``, ``_sample_action``, ``_store_transition``, ``train`` and,
-    inside ``train``, replay sampling, ``backward``, gradient clipping and the optimizer step. Each probe is a pair of
-    ``perf_counter`` calls around the same function both algorithms call (about 0.2 µs each).
+    inside ``train``, replay sampling, ``backward``, gradient clipping and the optimizer step, and ScratchDQN's
+    autograd-free step (:class:`~sb3_dqn_ext.fast_update.FlatMLPAdam`, forward to Adam in one call) where it runs.
+    Each probe is a pair of ``perf_counter`` calls around the function (about 0.2 µs each); the optimizer's and the
+    fast step's are wrapped on their classes, since ScratchDQN hands a patched ``optimizer.step`` on the instance to
+    autograd.
     """
 
-    PARTS = ("env", "action", "store", "train", "sample", "backward", "clip", "optimizer")
+    PARTS = ("env", "action", "store", "train", "sample", "backward", "clip", "optimizer", "fast step")
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.PARTS, 0.0)
@@ -189,22 +193,26 @@ class Breakdown:
         model._store_transition = self.probe("store", model._store_transition)
         model.train = self.probe("train", model.train)
         model.replay_buffer.sample = self.probe("sample", model.replay_buffer.sample)
-        model.policy.optimizer.step = self.probe("optimizer", model.policy.optimizer.step)
         if hasattr(model, "_clip_grad_norm"):  # ScratchDQN clips without going through clip_grad_norm_
             model._clip_grad_norm = self.probe("clip", model._clip_grad_norm)
+        optimizer_class = type(model.policy.optimizer)
         backward, clip = th.Tensor.backward, th.nn.utils.clip_grad_norm_
+        optimizer_step, fast_step = optimizer_class.step, FlatMLPAdam.step
         th.Tensor.backward = self.probe("backward", backward)  # type: ignore[method-assign]
         th.nn.utils.clip_grad_norm_ = self.probe("clip", clip)
+        optimizer_class.step = self.probe("optimizer", optimizer_step)  # type: ignore[method-assign]
+        FlatMLPAdam.step = self.probe("fast step", fast_step)  # type: ignore[method-assign]
         try:
             start = time.perf_counter()
             model.learn(config.timesteps)
             wall = time.perf_counter() - start
         finally:
             th.Tensor.backward, th.nn.utils.clip_grad_norm_ = backward, clip  # type: ignore[method-assign]
+            optimizer_class.step, FlatMLPAdam.step = optimizer_step, fast_step  # type: ignore[method-assign]
             env.close()
         steps, updates = model.num_timesteps, max(model._n_updates, 1)
         t = self.seconds
-        inner = t["sample"] + t["backward"] + t["clip"] + t["optimizer"]
+        inner = t["sample"] + t["backward"] + t["clip"] + t["optimizer"] + t["fast step"]
         return {
             "wall s": wall,
             "env.step µs/step": t["env"] / steps * 1e6,
@@ -216,6 +224,7 @@ class Breakdown:
             "backward µs/update": t["backward"] / updates * 1e6,
             "clip µs/update": t["clip"] / updates * 1e6,
             "optimizer µs/update": t["optimizer"] / updates * 1e6,
+            "fast step (forward to Adam) µs/update": t["fast step"] / updates * 1e6,
         }
 
 

@@ -599,8 +599,10 @@ class ScratchDQN(OffPolicyAlgorithm):
                 self.q_net.reset_noise()
                 self.q_net_target.reset_noise()
 
+            weights = data.weights.reshape(-1) if prioritized else None  # importance-sampling weights
             if self._distributional:
                 per_sample_loss, priority = self._categorical_loss(data, discounts, masks)
+                loss = (per_sample_loss if weights is None else weights * per_sample_loss).mean()
             else:
                 with th.no_grad():
                     # TD target: y = r + γ^n (1 − terminated) Q_target(s', a*)
@@ -610,36 +612,28 @@ class ScratchDQN(OffPolicyAlgorithm):
                 if fast is not None:
                     # minimise (w ·) huber(Q(s, a; θ) − y): forward, backward, clipping and Adam in one call
                     features = self.q_net._features(data.observations)
-                    weights = data.weights.reshape(-1) if prioritized else None
                     loss, q_values = fast.step(features, data.actions.long(), td_target, self.max_grad_norm, weights)
-                    losses.append(loss)
-                    if prioritized:
-                        priority = (td_target - q_values).abs().reshape(-1)  # |δ|
-                        self.replay_buffer.update_priorities(data.indices, priority)  # type: ignore[union-attr]
-                        td_errors.append(priority.mean())
-                        weights_mean.append(weights.mean())  # type: ignore[union-attr]
-                    continue
-                q_values = self.q_net(data.observations).gather(1, data.actions.long())  # Q(s, a; θ)
-                if not prioritized:
-                    loss = F.smooth_l1_loss(q_values, td_target)
                 else:
-                    per_sample_loss = F.smooth_l1_loss(q_values, td_target, reduction="none").reshape(-1)
+                    q_values = self.q_net(data.observations).gather(1, data.actions.long())  # Q(s, a; θ)
+                    if weights is None:
+                        loss = F.smooth_l1_loss(q_values, td_target)
+                    else:
+                        per_sample_loss = F.smooth_l1_loss(q_values, td_target, reduction="none").reshape(-1)
+                        loss = (weights * per_sample_loss).mean()
+                if prioritized:
                     priority = (td_target - q_values).detach().abs().reshape(-1)  # |δ|
 
             if prioritized:
-                weights = data.weights.reshape(-1)  # importance-sampling weights
-                loss = (weights * per_sample_loss).mean()
                 self.replay_buffer.update_priorities(data.indices, priority)  # type: ignore[union-attr]
                 td_errors.append(priority.mean())
-                weights_mean.append(weights.mean())
-            elif self._distributional:
-                loss = per_sample_loss.mean()
+                weights_mean.append(weights.mean())  # type: ignore[union-attr]
             losses.append(loss.detach())
 
-            self.policy.optimizer.zero_grad()
-            loss.backward()
-            self._clip_grad_norm()
-            self.policy.optimizer.step()
+            if fast is None:
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                self._clip_grad_norm()
+                self.policy.optimizer.step()
 
         self._n_updates += gradient_steps
         if gradient_steps == 0:
