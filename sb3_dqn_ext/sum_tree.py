@@ -4,19 +4,32 @@ The tree knows nothing about reinforcement learning: it stores one float64 prior
 does this prefix sum fall in", "what is the total" and "what is the smallest positive priority". Every operation is
 vectorised over a batch of leaves; the only Python loops run over the ``O(log n)`` levels of the tree.
 
-Layout: a ``fanout``-ary tree (32 by default), one flat array per level, from the leaves (level 0) to the top level,
-whose ``fanout`` entries are the root's children. Node ``j`` of level ``l + 1`` is the sum of block ``j`` of level
-``l``, i.e. of entries ``[j · fanout, (j + 1) · fanout)``; each level is padded with zeros to a whole number of
-blocks, so padding is never sampled. A wide node makes the tree shallow: 100 000 leaves take 4 levels instead of a
-binary tree's 17, and each level is one batched numpy step, which is what costs on a CPU (a batch of 64 samples is
-far too small for numpy's per-call overhead to amortise). ``fanout=2`` is the classic binary sum-tree. Parents are
-always recomputed from their children (never updated by adding a delta), so float round-off does not accumulate
-over millions of updates.
+Layout: a ``fanout``-ary tree, one flat array per level, from the leaves (level 0) to the top level, whose
+``fanout`` entries are the root's children. Node ``j`` of level ``l + 1`` is the sum of block ``j`` of level ``l``,
+i.e. of entries ``[j · fanout, (j + 1) · fanout)``; each level is padded with zeros to a whole number of blocks, so
+padding is never sampled. Each level also keeps the inclusive prefix sums within each block (a ``(blocks, fanout)``
+array), so that descending one level is a gather and a comparison, with no cumulative sum on the sampling path.
+A wide node makes the tree shallow: by default the fanout is the smallest one >= 32 that holds the capacity in
+three levels (47 for 100 000 leaves, where a binary tree has 17 levels), and each level is one batched numpy step,
+which is what costs on a CPU (a batch of 64 samples is far too small for numpy's per-call overhead to amortise).
+``fanout=2`` is the classic binary sum-tree. Parents are always recomputed from their children (never updated by
+adding a delta), so float round-off does not accumulate over millions of updates.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+# levels of at most this many nodes are recomputed whole on update (a few µs) instead of block by block
+_REFRESH_WHOLE_LEVEL = 4096
+
+
+def default_fanout(capacity: int) -> int:
+    """The smallest fanout >= 32 that holds ``capacity`` leaves in at most three levels (``fanout³ >= capacity``)."""
+    fanout = max(32, int(round(capacity ** (1.0 / 3.0))) - 1)
+    while fanout**3 < capacity:
+        fanout += 1
+    return fanout
 
 
 def _level_sizes(capacity: int, fanout: int) -> list[int]:
@@ -39,17 +52,22 @@ class SumTree:
 
     :param capacity: Number of leaves (any integer >= 1).
     :param fanout: Children per node (>= 2); 2 is a binary tree. Results do not depend on it beyond float round-off.
+        ``None`` (default): :func:`default_fanout`, at least 32 and at most three levels.
     """
 
-    def __init__(self, capacity: int, fanout: int = 32) -> None:
+    def __init__(self, capacity: int, fanout: int | None = None) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
             raise ValueError(f"SumTree capacity must be an integer >= 1, got {capacity!r}")
+        if fanout is None:
+            fanout = default_fanout(int(capacity))
         if isinstance(fanout, bool) or not isinstance(fanout, (int, np.integer)) or fanout < 2:
             raise ValueError(f"SumTree fanout must be an integer >= 2, got {fanout!r}")
         self.capacity = int(capacity)
         self.fanout = int(fanout)
         sizes = _level_sizes(self.capacity, self.fanout)
         self._sums = [np.zeros(size, dtype=np.float64) for size in sizes]
+        # per level, the inclusive prefix sums within each block: _prefix[l][j] == np.cumsum(block j of _sums[l])
+        self._prefix = [np.zeros((size // self.fanout, self.fanout), dtype=np.float64) for size in sizes]
         # Zero-priority and padding leaves hold +inf so that they never become the minimum.
         self._mins = [np.full(size, np.inf, dtype=np.float64) for size in sizes]
         self._total = 0.0
@@ -57,14 +75,15 @@ class SumTree:
         self._max_priority = 0.0
 
     @staticmethod
-    def nbytes_for(capacity: int, fanout: int = 32) -> int:
+    def nbytes_for(capacity: int, fanout: int | None = None) -> int:
         """Bytes of the arrays of a tree of this capacity (to check memory before allocating a replay buffer)."""
-        return 2 * 8 * sum(_level_sizes(int(capacity), int(fanout)))
+        fanout = default_fanout(int(capacity)) if fanout is None else int(fanout)
+        return 3 * 8 * sum(_level_sizes(int(capacity), fanout))
 
     @property
     def nbytes(self) -> int:
         """Bytes of this tree's arrays."""
-        return sum(array.nbytes for array in (*self._sums, *self._mins))
+        return sum(array.nbytes for array in (*self._sums, *self._prefix, *self._mins))
 
     @property
     def total(self) -> float:
@@ -103,12 +122,14 @@ class SumTree:
             priorities = np.broadcast_to(priorities, indices.shape)
         except ValueError:
             raise ValueError(f"priorities of shape {priorities.shape} do not match {indices.size} indices") from None
-        if not np.all(np.isfinite(priorities)) or np.any(priorities < 0):
-            raise ValueError("priorities must be finite and >= 0")
         if indices.size == 0:
             return
+        # NaN propagates through min/max, so this one test rejects NaN, inf and negatives
+        lowest, highest = priorities.min(), priorities.max()
+        if not (lowest >= 0.0 and highest < np.inf):
+            raise ValueError("priorities must be finite and >= 0")
         # Sequential semantics: a duplicate that is overwritten within the batch was still written.
-        self._max_priority = max(self._max_priority, float(priorities.max()))
+        self._max_priority = max(self._max_priority, float(highest))
 
         # Keep the last occurrence of each leaf: np.unique on the reversed array returns first occurrences.
         nodes, first_in_reversed = np.unique(indices[::-1], return_index=True)
@@ -116,14 +137,25 @@ class SumTree:
         self._sums[0][nodes] = leaf_priorities
         self._mins[0][nodes] = np.where(leaf_priorities > 0, leaf_priorities, np.inf)
 
-        # One vectorised step per level: each touched parent is recomputed from its whole block of children. Nodes
-        # sharing a parent write it several times with the same value (its children are final by then).
+        # One vectorised step per level: each touched block's prefix sums are recomputed from its children, and its
+        # parent is the block's last prefix sum. Blocks touched twice are written twice with the same values. A
+        # small level is refreshed whole, in place: fewer numpy calls than gathering and scattering its blocks.
         fanout = self.fanout
         for level in range(len(self._sums) - 1):
+            n_blocks = self._prefix[level].shape[0]
+            if n_blocks * fanout <= _REFRESH_WHOLE_LEVEL:
+                np.cumsum(self._sums[level].reshape(-1, fanout), axis=1, out=self._prefix[level])
+                self._sums[level + 1][:n_blocks] = self._prefix[level][:, -1]
+                np.min(self._mins[level].reshape(-1, fanout), axis=1, out=self._mins[level + 1][:n_blocks])
+                continue
             nodes = nodes // fanout
-            self._sums[level + 1][nodes] = self._sums[level].reshape(-1, fanout)[nodes].sum(axis=1)
+            prefix = self._sums[level].reshape(-1, fanout)[nodes].cumsum(axis=1)
+            self._prefix[level][nodes] = prefix
+            self._sums[level + 1][nodes] = prefix[:, -1]
             self._mins[level + 1][nodes] = self._mins[level].reshape(-1, fanout)[nodes].min(axis=1)
-        self._total = float(self._sums[-1].sum())
+        top = np.cumsum(self._sums[-1])
+        self._prefix[-1][0] = top
+        self._total = float(top[-1])
         self._min_priority = float(self._mins[-1].min())
 
     def get(self, indices: np.ndarray | int) -> np.ndarray | float:
@@ -159,21 +191,25 @@ class SumTree:
         if not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values > total):
             raise ValueError(f"prefix sums must lie in [0, total={total}]")
 
-        remaining = values.ravel().copy()
-        rows = np.arange(remaining.size)
+        return self._descend(values.ravel()).reshape(values.shape)
+
+    def _descend(self, values: np.ndarray) -> np.ndarray:
+        """:meth:`find_prefix_sum` of a 1-D float64 array already known to lie in ``[0, total]``."""
+        fanout = self.fanout
+        remaining = values.copy()
+        offsets = np.arange(remaining.size) * fanout - 1  # flat index of "prefix sum before child c" is offset + c
         nodes = np.zeros(remaining.size, dtype=np.int64)  # at the top: the one block of the root's children
         for level in range(len(self._sums) - 1, -1, -1):
-            children = self._sums[level].reshape(-1, self.fanout)[nodes]  # (batch, fanout): each node's block
-            cumulative = np.cumsum(children, axis=1)
-            # the child whose cumulative range holds the value; past the end (round-off): the last positive child
-            child = (cumulative <= remaining[:, None]).sum(axis=1)
-            past_end = child == self.fanout
+            prefix = self._prefix[level][nodes]  # (batch, fanout): each node's block of children, as prefix sums
+            # the child whose cumulative range holds the value (zero children have empty ranges and are skipped)
+            child = np.count_nonzero(prefix <= remaining[:, None], axis=1)
+            past_end = child == fanout
             if past_end.any():
-                last_positive = self.fanout - 1 - np.argmax(children[past_end, ::-1] > 0, axis=1)
-                child[past_end] = last_positive
-            remaining -= np.where(child > 0, cumulative[rows, child - 1], 0.0)
-            nodes = nodes * self.fanout + child
-        return nodes.reshape(values.shape)
+                # round-off put the value at (or past) the block's sum: the last positive child
+                child[past_end] = np.argmax(prefix[past_end] >= prefix[past_end, -1:], axis=1)
+            remaining -= np.where(child > 0, prefix.ravel()[offsets + child], 0.0)
+            nodes = nodes * fanout + child
+        return nodes
 
     def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """
@@ -196,7 +232,7 @@ class SumTree:
         uniform = np.random.random(batch_size) if rng is None else rng.random(batch_size)  # noqa: NPY002
         values = (np.arange(batch_size) + uniform) * (total / batch_size)
         # Round-off can push the last value to ``total``; find_prefix_sum maps it to the last positive leaf.
-        return self.find_prefix_sum(np.minimum(values, total))
+        return self._descend(np.minimum(values, total))
 
     def _check_indices(self, indices: np.ndarray | int) -> np.ndarray:
         indices = np.asarray(indices)
@@ -208,6 +244,15 @@ class SumTree:
                 f"SumTree indices must lie in [0, {self.capacity}), got [{indices.min()}, {indices.max()}]"
             )
         return indices
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle; a tree pickled before the prefix sums were kept gets them rebuilt from its leaves."""
+        self.__dict__.update(state)
+        if "_prefix" not in state:
+            leaves = self._sums[0][: self.capacity].copy()
+            self.__init__(self.capacity, self.fanout)  # type: ignore[misc]
+            self.update(np.arange(self.capacity), leaves)
+            self._max_priority = state["_max_priority"]
 
     def __repr__(self) -> str:
         return f"SumTree(capacity={self.capacity}, fanout={self.fanout}, total={self.total:.6g})"

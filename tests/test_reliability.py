@@ -665,7 +665,7 @@ def test_replay_buffer_nbytes_is_what_the_buffer_allocates(
     for store in (buffer.observations, getattr(buffer, "next_observations", None)):
         arrays += list(store.values()) if isinstance(store, dict) else [] if store is None else [store]
     if prioritized:
-        arrays += [*buffer.tree._sums, *buffer.tree._mins]
+        arrays += [*buffer.tree._sums, *buffer.tree._prefix, *buffer.tree._mins]
     expected = sum(array.nbytes for array in arrays)
     assert replay_buffer_nbytes(999, observation_space, action_space, n_envs, optimize_memory_usage, prioritized) == (
         expected

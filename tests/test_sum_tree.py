@@ -7,9 +7,9 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sb3_dqn_ext.sum_tree import SumTree
+from sb3_dqn_ext.sum_tree import SumTree, default_fanout
 
-CAPACITIES = [1, 2, 3, 5, 7, 8, 13, 100, 1000]
+CAPACITIES = [1, 2, 3, 5, 7, 8, 13, 100, 1000, 10_000]  # 10 000: levels too big to refresh whole
 # 2: the binary tree; 3: blocks that do not divide the capacities; 32: the default (one level up to 32 leaves)
 FANOUTS = [2, 3, 32]
 
@@ -24,20 +24,29 @@ def sequential_updates(capacity, batches):
 
 
 def assert_internal_nodes_consistent(tree):
-    """Every node is the sum (min) of its block of children, padding included; the root is the top block's."""
+    """
+    Every node is the sum (min) of its block of children, padding included; each block's prefix sums are its
+    cumulative sum; the total is the top block's.
+    """
     f = tree.fanout
-    for level in range(len(tree._sums) - 1):
-        children, parents = tree._sums[level], tree._sums[level + 1]
+    for level in range(len(tree._sums)):
+        children = tree._sums[level]
+        np.testing.assert_array_equal(tree._prefix[level], np.cumsum(children.reshape(-1, f), axis=1))
+        if level == len(tree._sums) - 1:
+            break
+        parents = tree._sums[level + 1]
         n_blocks = children.size // f
-        np.testing.assert_array_equal(
-            parents[:n_blocks], [children[j * f : (j + 1) * f].sum() for j in range(n_blocks)]
+        np.testing.assert_allclose(
+            parents[:n_blocks], [children[j * f : (j + 1) * f].sum() for j in range(n_blocks)], rtol=1e-12
         )
+        np.testing.assert_array_equal(parents[:n_blocks], tree._prefix[level][:, -1])
         np.testing.assert_array_equal(parents[n_blocks:], 0.0)
         mins, parent_mins = tree._mins[level], tree._mins[level + 1]
         np.testing.assert_array_equal(
             parent_mins[:n_blocks], [mins[j * f : (j + 1) * f].min() for j in range(n_blocks)]
         )
-    assert tree.total == tree._sums[-1].sum()
+    assert tree.total == tree._prefix[-1][0, -1]
+    np.testing.assert_allclose(tree.total, tree._sums[-1].sum(), rtol=1e-12)
     assert tree.min_priority == tree._mins[-1].min()
     assert tree._sums[-1].size == f
 
@@ -264,7 +273,34 @@ def test_bad_fanout_raises(fanout):
 def test_levels_and_memory(capacity, fanout, sizes):
     tree = SumTree(capacity, fanout)
     assert [level.size for level in tree._sums] == sizes
-    assert tree.nbytes == SumTree.nbytes_for(capacity, fanout) == 2 * 8 * sum(sizes)
+    assert [level.shape for level in tree._prefix] == [(size // fanout, fanout) for size in sizes]
+    # sums, prefix sums and minima: three float64 per node
+    assert tree.nbytes == SumTree.nbytes_for(capacity, fanout) == 3 * 8 * sum(sizes)
+
+
+@pytest.mark.parametrize(
+    ("capacity", "fanout", "levels"),
+    [(1, 32, 1), (32_768, 32, 3), (32_769, 33, 3), (100_000, 47, 3), (1_000_000, 100, 3), (1_000_001, 101, 3)],
+)
+def test_default_fanout_is_at_least_32_with_at_most_three_levels(capacity, fanout, levels):
+    assert default_fanout(capacity) == fanout
+    tree = SumTree(capacity)
+    assert tree.fanout == fanout and len(tree._sums) == levels
+    assert SumTree.nbytes_for(capacity) == tree.nbytes
+
+
+def test_tree_pickled_without_prefix_sums_is_rebuilt():
+    rng = np.random.default_rng(3)
+    tree = SumTree(100, 4)
+    tree.update(np.arange(100), rng.exponential(size=100))
+    tree.update(np.array([5]), 0.25)  # the running max is not the current max: it must survive
+    state = {k: v for k, v in tree.__dict__.items() if k != "_prefix"}  # the layout before the prefix sums
+    old = SumTree.__new__(SumTree)
+    old.__setstate__(copy.deepcopy(state))
+    assert_internal_nodes_consistent(old)
+    assert old.max_priority == tree.max_priority and old.total == pytest.approx(tree.total, rel=1e-12)
+    values = rng.random(50) * tree.total
+    np.testing.assert_array_equal(old.find_prefix_sum(values), tree.find_prefix_sum(values))
 
 
 def test_bad_inputs_raise_value_error():
