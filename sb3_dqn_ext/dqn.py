@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from sb3_dqn_ext import fast_update
 from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
 from sb3_dqn_ext.errors import DivergenceError, ScratchDQNError
-from sb3_dqn_ext.fast_update import FlatMLPAdam
+from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam
 from sb3_dqn_ext.masking import (
     INFO_KEY,
     ActionMaskInfo,
@@ -276,7 +276,7 @@ class ScratchDQN(OffPolicyAlgorithm):
         self.policy = self.policy.to(self.device)
         self._convert_train_freq()
         self._create_aliases()
-        self._fast_update: FlatMLPAdam | None = None
+        self._fast_update: FlatAdam | None = None
         self._fast_update_unsupported: tuple[Any, Any] | None = None
         self.exploration_schedule = make_exploration_schedule(
             self.exploration_schedule_kind,
@@ -563,8 +563,12 @@ class ScratchDQN(OffPolicyAlgorithm):
         per_sample = -(target_probs * log_probs).sum(dim=-1)
         return per_sample, per_sample.detach()
 
-    def _flat_mlp_adam(self) -> FlatMLPAdam | None:
-        """The autograd-free step for this Q-network and optimizer when it applies now (see :mod:`fast_update`)."""
+    def _flat_adam(self) -> FlatAdam | None:
+        """
+        Adam on flat buffers for this Q-network and optimizer when it applies now (see :mod:`fast_update`): a
+        :class:`FlatMLPAdam` (the whole step without autograd) for a plain MLP, a :class:`FlatAdam` (clipping and
+        Adam after autograd's backward pass) otherwise; ``None``: ``clip_grad_norm_`` and ``optimizer.step()``.
+        """
         if not fast_update.ENABLED:
             return None
         q_net, optimizer = self.q_net, self.policy.optimizer
@@ -572,7 +576,8 @@ class ScratchDQN(OffPolicyAlgorithm):
         if fast is None or fast.stale(q_net, optimizer):
             if getattr(self, "_fast_update_unsupported", None) == (q_net, optimizer):
                 return None
-            fast = self._fast_update = FlatMLPAdam.for_network(q_net, optimizer)
+            fast = FlatMLPAdam.for_network(q_net, optimizer) or FlatAdam.for_network(q_net, optimizer)
+            self._fast_update = fast
             self._fast_update_unsupported = (q_net, optimizer) if fast is None else None
         return fast if fast is not None and fast.ready() else None
 
@@ -583,8 +588,10 @@ class ScratchDQN(OffPolicyAlgorithm):
         prioritized = isinstance(self.replay_buffer, PrioritizedReplayBuffer)
         if prioritized:
             self.replay_buffer.set_progress(self._current_progress_remaining)  # type: ignore[union-attr]
-        # plain MLP + Adam on CPU: the same step without autograd's bookkeeping (bitwise the same numbers)
-        fast = None if self._distributional else self._flat_mlp_adam()
+        # Adam on CPU: clipping and Adam on flat buffers; for a plain MLP the whole step without autograd's
+        # bookkeeping (bitwise the same numbers either way)
+        flat = self._flat_adam()
+        fast = flat if isinstance(flat, FlatMLPAdam) and flat.mlp_ready() else None
 
         losses, td_errors, weights_mean = [], [], []
         for _ in range(gradient_steps):
@@ -629,7 +636,12 @@ class ScratchDQN(OffPolicyAlgorithm):
                 weights_mean.append(weights.mean())  # type: ignore[union-attr]
             losses.append(loss.detach())
 
-            if fast is None:
+            if fast is None and flat is not None:
+                flat.zero_grad()
+                loss.backward()
+                flat.clip_grad_norm(self.max_grad_norm)
+                flat.adam_step()
+            elif fast is None:
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 self._clip_grad_norm()

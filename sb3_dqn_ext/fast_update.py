@@ -27,7 +27,12 @@ Tanh or Sigmoid activations; an exact ``torch.optim.Adam`` with one parameter gr
 no weight decay, no AMSGrad, not maximizing, ``foreach=True`` and a float learning rate; and, checked before every
 step, no hook anywhere (module, parameter or optimizer hooks, global ones too) and no layer, parameter or
 optimizer state replaced since the last step. Set ``sb3_dqn_ext.fast_update.ENABLED = False`` to always use
-autograd.
+autograd, ``clip_grad_norm_``'s ops and ``optimizer.step()``.
+
+For every other Q-network (dueling, noisy, C51 heads, CNN or Dict features), :class:`FlatAdam` keeps the second half:
+autograd's backward pass accumulates into the flat gradient buffer, then clipping and Adam run once on the flat
+buffers, under the same conditions on the parameters and the optimizer (CPU, float32, the same Adam settings, no
+optimizer or parameter hook).
 """
 
 from __future__ import annotations
@@ -79,11 +84,13 @@ def _layers_supported(modules: tuple[nn.Module, ...]) -> bool:
     return True
 
 
-class FlatMLPAdam:
+class FlatAdam:
     """
-    One DQN gradient step (forward, Huber loss, backward, clipping, Adam) without autograd: see the module
-    docstring for what it computes and when it applies. Build it with :meth:`for_network`, which returns ``None``
-    where it does not apply, and call :meth:`ready` before each :meth:`step`.
+    Gradient clipping and ``torch.optim.Adam``'s multi-tensor step, applied once to flat buffers that every
+    parameter, gradient and Adam moment is a view of, instead of once per tensor (on CPU, PyTorch's multi-tensor ops
+    loop over the tensors). Use it around autograd's backward pass: :meth:`zero_grad`, ``loss.backward()`` (which
+    accumulates into the flat gradient buffer), :meth:`clip_grad_norm`, :meth:`adam_step`. Build it with
+    :meth:`for_network`, which returns ``None`` where it does not apply, and call :meth:`ready` before each step.
 
     Building it makes the network's parameters views of one flat buffer (same values); the optimizer keeps the
     same parameters, and its state stays what ``torch.optim.Adam`` keeps (per-parameter ``step``, ``exp_avg``,
@@ -97,15 +104,7 @@ class FlatMLPAdam:
         self.q_net = q_net
         self.optimizer = optimizer
         self.group = optimizer.param_groups[0]
-        self.seq = q_net.q_net
-        self.modules = tuple(self.seq._modules.values())
         self.params = list(q_net.parameters())
-        # forward ops (same as the Q-network's fast path) and, per module, what the backward pass does
-        self.activations = [
-            (_FUNCTIONAL_ACTIVATIONS[type(m)], _ACTIVATION_BACKWARD[type(m)])
-            for m in self.modules
-            if type(m) is not nn.Linear
-        ]
         # Each tensor starts on a 64-byte boundary of the flat buffers, as a tensor of its own would: CPU kernels
         # (MKL's GEMMs among them) can round differently at other alignments. The padding stays 0 (zero gradient,
         # zero moments, so a zero Adam update).
@@ -138,29 +137,18 @@ class FlatMLPAdam:
         ]
 
     @classmethod
-    def for_network(cls, q_net: QNetwork, optimizer: th.optim.Optimizer) -> FlatMLPAdam | None:
+    def for_network(cls, q_net: QNetwork, optimizer: th.optim.Optimizer) -> FlatAdam | None:
         """
         :param q_net: the online Q-network
         :param optimizer: the optimizer over its parameters
-        :return: the fast step for them, or ``None`` where it does not apply (the autograd path is used)
+        :return: Adam on flat buffers for them, or ``None`` where it does not apply (``optimizer.step`` is used)
         """
-        # (a QNetwork subclass may compute something else in forward: autograd runs it)
-        if not ENABLED or type(q_net) is not QNetwork or type(optimizer) is not th.optim.Adam:
-            return None
-        if q_net.dueling or q_net.noisy or q_net.distributional or not isinstance(q_net.q_net, nn.Sequential):
+        if not ENABLED or type(optimizer) is not th.optim.Adam:
             return None
         params = list(q_net.parameters())
-        seq_params = list(q_net.q_net.parameters())
-        if (
-            not params
-            or len(params) != len(seq_params)
-            or any(a is not b for a, b in zip(params, seq_params, strict=True))
-            or any(
-                p.device.type != "cpu" or p.dtype != th.float32 or not p.requires_grad or type(p) is not nn.Parameter
-                for p in params
-            )
-            or len(q_net.features_extractor.state_dict()) > 0
-            or not _layers_supported(tuple(q_net.q_net._modules.values()))
+        if not params or any(
+            p.device.type != "cpu" or p.dtype != th.float32 or not p.requires_grad or type(p) is not nn.Parameter
+            for p in params
         ):
             return None
         if len(optimizer.param_groups) != 1 or {id(p) for p in optimizer.param_groups[0]["params"]} != {
@@ -184,14 +172,11 @@ class FlatMLPAdam:
 
     def ready(self) -> bool:
         """
-        Whether :meth:`step` computes what the autograd path would: nothing hooked or replaced since the last step
+        Whether clipping and Adam on the flat buffers compute what ``clip_grad_norm_`` and ``optimizer.step()``
+        would: no optimizer or parameter hook, the same parameters in the same storage, a supported parameter group
         (the optimizer's state is re-linked to the flat buffers after, e.g., ``optimizer.load_state_dict``).
         """
-        if (
-            _global_hooks()
-            or _optimizer_hooks._global_optimizer_pre_hooks
-            or _optimizer_hooks._global_optimizer_post_hooks
-        ):
+        if _optimizer_hooks._global_optimizer_pre_hooks or _optimizer_hooks._global_optimizer_post_hooks:
             return False
         optimizer = self.optimizer
         if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer):
@@ -205,15 +190,7 @@ class FlatMLPAdam:
             self.group = groups[0]
         if not _group_supported(self.group):
             return False
-        q_net = self.q_net
-        if q_net.q_net is not self.seq or tuple(self.seq._modules.values()) != self.modules:
-            return False
-        # layers changed in place (e.g. a parametrization changes a layer's class) or patched on the instance
-        if not _layers_supported(self.modules) or any("forward" in vars(m) for m in self.modules):
-            return False
-        if _has_hooks(q_net) or _has_hooks(self.seq) or any(_has_hooks(m) for m in self.modules):
-            return False
-        params = list(q_net.parameters())  # the same Parameter objects, in the same storage, all trained
+        params = list(self.q_net.parameters())  # the same Parameter objects, in the same storage, all trained
         if len(params) != len(self.params) or any(a is not b for a, b in zip(params, self.params, strict=True)):
             return False
         for param, pointer in zip(self.params, self._data_ptrs, strict=True):
@@ -279,6 +256,109 @@ class FlatMLPAdam:
             self._state_views.append((step, m, v))
         return True
 
+    def zero_grad(self) -> None:
+        """Zero the flat gradient buffer and make every ``param.grad`` its view, for backward to accumulate into."""
+        self.flat_grads.zero_()
+        self._link_grads()
+
+    def _link_grads(self) -> None:
+        for param, view in zip(self.params, self._grad_views, strict=True):
+            if param.grad is not view:
+                param.grad = view
+
+    def clip_grad_norm(self, max_grad_norm: float) -> None:
+        """
+        ``clip_grad_norm_``'s ops on the flat gradient buffer: ``g ← g · min(c / (‖g‖₂ + 1e-6), 1)``.
+
+        :param max_grad_norm: the largest L2 norm ``c`` of all gradients together
+        """
+        self._link_grads()  # (backward steals a gradient into a parameter whose grad was set to None)
+        self._clip(max_grad_norm)
+
+    def _clip(self, max_grad_norm: float) -> None:
+        total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(self._grad_views, 2.0)), 2.0)
+        self.flat_grads.mul_(th.clamp(float(max_grad_norm) / (total_norm + 1e-6), max=1.0))
+
+    @th.no_grad()
+    def adam_step(self) -> None:
+        """``optimizer.step()``: Adam, ``torch.optim.Adam``'s multi-tensor sequence on the flat buffers."""
+        self._adam()
+
+    def _adam(self) -> None:
+        group = self.group
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        g, m, v = self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq
+        self.flat_steps.add_(self._one, alpha=1.0)
+        t = self.flat_steps[0].item()
+        m.lerp_(g, 1 - beta1)  # m ← β₁ m + (1 − β₁) g
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v ← β₂ v + (1 − β₂) g²
+        step_size = (lr / (1 - beta1**t)) * -1
+        denom = v.sqrt().div_((1 - beta2**t) ** 0.5).add_(eps)  # √(v / (1 − β₂ᵗ)) + ε
+        self.flat_params.addcdiv_(m, denom, value=step_size)  # θ ← θ − lr / (1 − β₁ᵗ) · m / denom
+
+
+class FlatMLPAdam(FlatAdam):
+    """
+    One DQN gradient step (forward, Huber loss, backward, clipping, Adam) without autograd: see the module
+    docstring for what it computes and when it applies. Build it with :meth:`for_network`, which returns ``None``
+    where it does not apply; before each :meth:`step` call :meth:`ready` (and, for :meth:`step`,
+    :meth:`mlp_ready`: where only the latter fails, autograd's backward pass plus the flat Adam of
+    :class:`FlatAdam` still apply).
+
+    :param q_net: the online Q-network
+    :param optimizer: its ``torch.optim.Adam``
+    """
+
+    def __init__(self, q_net: QNetwork, optimizer: th.optim.Optimizer) -> None:
+        super().__init__(q_net, optimizer)
+        self.seq = q_net.q_net
+        self.modules = tuple(self.seq._modules.values())
+        # forward ops (same as the Q-network's fast path) and, per module, what the backward pass does
+        self.activations = [
+            (_FUNCTIONAL_ACTIVATIONS[type(m)], _ACTIVATION_BACKWARD[type(m)])
+            for m in self.modules
+            if type(m) is not nn.Linear
+        ]
+
+    @classmethod
+    def for_network(cls, q_net: QNetwork, optimizer: th.optim.Optimizer) -> FlatMLPAdam | None:
+        """
+        :param q_net: the online Q-network
+        :param optimizer: the optimizer over its parameters
+        :return: the fast step for them, or ``None`` where it does not apply (the autograd path is used)
+        """
+        # (a QNetwork subclass may compute something else in forward: autograd runs it)
+        if not ENABLED or type(q_net) is not QNetwork or type(optimizer) is not th.optim.Adam:
+            return None
+        if q_net.dueling or q_net.noisy or q_net.distributional or not isinstance(q_net.q_net, nn.Sequential):
+            return None
+        params = list(q_net.parameters())
+        seq_params = list(q_net.q_net.parameters())
+        if (
+            not params
+            or len(params) != len(seq_params)
+            or any(a is not b for a, b in zip(params, seq_params, strict=True))
+            or len(q_net.features_extractor.state_dict()) > 0
+            or not _layers_supported(tuple(q_net.q_net._modules.values()))
+        ):
+            return None
+        return super().for_network(q_net, optimizer)  # type: ignore[return-value]  # (built as cls)
+
+    def mlp_ready(self) -> bool:
+        """
+        Whether :meth:`step` computes what autograd would: no module hook (global ones too), no layer replaced
+        or patched since the last step.
+        """
+        if _global_hooks():
+            return False
+        q_net = self.q_net
+        if q_net.q_net is not self.seq or tuple(self.seq._modules.values()) != self.modules:
+            return False
+        # layers changed in place (e.g. a parametrization changes a layer's class) or patched on the instance
+        if not _layers_supported(self.modules) or any("forward" in vars(m) for m in self.modules):
+            return False
+        return not (_has_hooks(q_net) or _has_hooks(self.seq) or any(_has_hooks(m) for m in self.modules))
+
     @th.no_grad()
     def step(
         self,
@@ -330,23 +410,7 @@ class FlatMLPAdam:
                     grad = grad.mm(module.weight)  # ∂L/∂x = g W
             else:
                 grad = next(backward)[1](grad, outputs[index + 1])
-        for param, view in zip(self.params, self._grad_views, strict=True):
-            if param.grad is not view:
-                param.grad = view
-
-        # clip_grad_norm_: g ← g · min(c / (‖g‖₂ + 1e-6), 1)
-        total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(self._grad_views, 2.0)), 2.0)
-        self.flat_grads.mul_(th.clamp(float(max_grad_norm) / (total_norm + 1e-6), max=1.0))
-
-        # Adam, torch.optim.Adam's multi-tensor sequence on the flat buffers
-        group = self.group
-        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        g, m, v = self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq
-        self.flat_steps.add_(self._one, alpha=1.0)
-        t = self.flat_steps[0].item()
-        m.lerp_(g, 1 - beta1)  # m ← β₁ m + (1 − β₁) g
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v ← β₂ v + (1 − β₂) g²
-        step_size = (lr / (1 - beta1**t)) * -1
-        denom = v.sqrt().div_((1 - beta2**t) ** 0.5).add_(eps)  # √(v / (1 − β₂ᵗ)) + ε
-        self.flat_params.addcdiv_(m, denom, value=step_size)  # θ ← θ − lr / (1 − β₁ᵗ) · m / denom
+        self._link_grads()
+        self._clip(max_grad_norm)  # clip_grad_norm_: g ← g · min(c / (‖g‖₂ + 1e-6), 1)
+        self._adam()  # Adam, torch.optim.Adam's multi-tensor sequence on the flat buffers
         return loss, q_values

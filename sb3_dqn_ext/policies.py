@@ -28,7 +28,7 @@ from typing import Any
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
@@ -68,10 +68,12 @@ def _global_hooks() -> bool:
 
 class _SequentialPlan:
     """
-    ``nn.Sequential`` run without ``nn.Module.__call__`` for each layer: each layer's ``forward`` (or, for
-    ReLU/Tanh/Sigmoid, the same functional op) is called directly. Same ops, same order, same numbers; only the
-    per-module dispatch (hooks, tracing checks) is skipped, which for a small MLP costs as much as its matrix
-    products. Falls back to ``seq(x)`` as soon as any layer (or the global registry) has a hook.
+    ``nn.Sequential`` run without ``nn.Module.__call__`` for each layer: each layer's ``forward`` (for an exact
+    ``nn.Linear``, the ``F.linear`` call its ``forward`` makes, on its current parameters; for ReLU/Tanh/Sigmoid,
+    the same functional op) is called directly. Same ops, same order, same numbers; only the per-module dispatch
+    (hooks, tracing checks, attribute lookups) is skipped, which for a small MLP costs as much as its matrix
+    products. Falls back to ``seq(x)`` as soon as any layer (or the global registry) has a hook or a layer's
+    ``forward`` is replaced on the instance.
     """
 
     def __init__(self, seq: nn.Sequential) -> None:
@@ -80,21 +82,36 @@ class _SequentialPlan:
 
     def _build(self) -> None:
         self.modules = tuple(self.seq._modules.values())
-        self.ops = [
-            _FUNCTIONAL_ACTIVATIONS[type(m)]
-            if type(m) in _FUNCTIONAL_ACTIVATIONS and not getattr(m, "inplace", False)
-            else m.forward
-            for m in self.modules
-        ]
+        self.ops = [self._op(m) for m in self.modules]
+        # the layers run as F.linear: rebuilt when one changes class (e.g. a parametrization) or gets a `forward`
+        self._linears = [m for m in self.modules if type(m) is nn.Linear and "forward" not in vars(m)]
+
+    @staticmethod
+    def _op(module: nn.Module) -> tuple[Any, dict[str, Any] | None]:
+        """``(function, None)``, or ``(None, parameters)`` for ``F.linear`` on the layer's parameter dict (read at
+        each call, so a replaced weight is seen; a dict and bound methods, so deep copies and pickles follow)."""
+        if type(module) in _FUNCTIONAL_ACTIVATIONS and not getattr(module, "inplace", False):
+            return _FUNCTIONAL_ACTIVATIONS[type(module)], None
+        if type(module) is nn.Linear and "forward" not in vars(module):
+            return None, module._parameters
+        return module.forward, None
 
     def __call__(self, x: th.Tensor) -> th.Tensor:
-        if tuple(self.seq._modules.values()) != self.modules:  # a layer was replaced (quantization, fusion, ...)
+        if tuple(self.seq._modules.values()) != self.modules or any(
+            type(m) is not nn.Linear or "forward" in m.__dict__ for m in self._linears
+        ):  # a layer was replaced (quantization, fusion, ...), changed class or got a forward of its own
             self._build()
         if _has_hooks(self.seq) or any(_has_hooks(m) for m in self.modules) or _global_hooks():
             return self.seq(x)
-        for op in self.ops:
-            x = op(x)
+        for fn, params in self.ops:
+            x = fn(x) if params is None else F.linear(x, params["weight"], params["bias"])  # (nn.Linear.forward)
         return x
+
+
+#: Inputs of at least this many rows go through :class:`NoisyLinear`'s built noisy weights: building them costs
+#: ``3 · in · out`` operations and saves ``rows · in · out`` multiply-adds in the forward pass and twice that in
+#: the backward pass.
+NOISY_MATERIALISE_ROWS = 4
 
 
 class NoisyLinear(nn.Module):
@@ -105,9 +122,12 @@ class NoisyLinear(nn.Module):
     ``f(x) = sign(x) √|x|`` and ``ε_in, ε_out ~ N(0, 1)``. Initialisation: ``μ ~ U(−1/√p, 1/√p)`` and
     ``σ = σ₀ / √p`` with ``p`` the number of inputs.
 
-    The noisy weight matrix is never materialised: because the noise factorises,
-    ``(σ_w ⊙ ε_out ε_inᵀ) x = ε_out ⊙ (σ_w (ε_in ⊙ x))``, two matrix products of the layer's size.
-    The noise is a buffer: it changes only when :meth:`reset_noise` is called, whatever ``self.training`` is.
+    For a batch (at least :data:`NOISY_MATERIALISE_ROWS` rows) the noisy weights are built once per call, so the
+    forward pass is one matrix product and the backward pass two. For one or a few rows (action selection) they are
+    not built: because the noise factorises, ``(σ_w ⊙ ε_out ε_inᵀ) x = ε_out ⊙ (σ_w (ε_in ⊙ x))``, two matrix
+    products of the rows, cheaper than the ``3 · in · out`` operations that building the matrix takes. Both compute
+    the same function (up to rounding). The noise is a buffer: it changes only when :meth:`reset_noise` is called,
+    whatever ``self.training`` is.
     With ``noise_enabled = False`` the layer is ``nn.Linear`` on the mean weights.
 
     :param in_features: number of inputs
@@ -144,18 +164,20 @@ class NoisyLinear(nn.Module):
 
     @property
     def weight(self) -> th.Tensor:
-        """The current noisy weight ``μ_w + σ_w ⊙ f(ε_out) f(ε_in)ᵀ`` (materialised for inspection only)."""
-        return self.weight_mu + self.weight_sigma * th.outer(self.epsilon_out, self.epsilon_in)
+        """The current noisy weight ``μ_w + σ_w ⊙ f(ε_out) f(ε_in)ᵀ``."""
+        return th.addcmul(self.weight_mu, self.weight_sigma, th.outer(self.epsilon_out, self.epsilon_in))
 
     @property
     def bias(self) -> th.Tensor:
         """The current noisy bias ``μ_b + σ_b ⊙ f(ε_out)``."""
-        return self.bias_mu + self.bias_sigma * self.epsilon_out
+        return th.addcmul(self.bias_mu, self.bias_sigma, self.epsilon_out)
 
     def forward(self, x: th.Tensor) -> th.Tensor:
-        mean = F.linear(x, self.weight_mu, self.bias_mu)
         if not self.noise_enabled:
-            return mean
+            return F.linear(x, self.weight_mu, self.bias_mu)
+        if x.numel() >= NOISY_MATERIALISE_ROWS * self.in_features:
+            return F.linear(x, self.weight, self.bias)  # y = (μ_w + σ_w ⊙ ε_w) x + μ_b + σ_b ⊙ ε_b
+        mean = F.linear(x, self.weight_mu, self.bias_mu)
         return mean + (F.linear(x * self.epsilon_in, self.weight_sigma) + self.bias_sigma) * self.epsilon_out
 
     def extra_repr(self) -> str:
@@ -263,7 +285,11 @@ class QNetwork(BasePolicy):
         if self.distributional:
             self.register_buffer("support", th.linspace(v_min, v_max, atoms))
         self._noisy_layers = [m for m in self.modules() if isinstance(m, NoisyLinear)]
+        self._noise_sizes = [n for m in self._noisy_layers for n in (m.in_features, m.out_features)]
+        self._noise_size = sum(self._noise_sizes)
         self._fast_path: tuple[_SequentialPlan, ...] = ()
+        # (observation space, whether it is a Box that preprocess_obs only converts to float, i.e. not an image)
+        self._float_box: tuple[spaces.Space, bool] | None = None
 
     def _features(self, obs: PyTorchObs) -> th.Tensor:
         """``extract_features``; SB3's ``FlattenExtractor`` is applied as the ``flatten(1)`` it is."""
@@ -274,14 +300,29 @@ class QNetwork(BasePolicy):
             and not (_has_hooks(extractor) or _has_hooks(extractor.flatten) or _global_hooks())
         ):
             flatten = extractor.flatten
-            preprocessed = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+            space, known = self.observation_space, self._float_box
+            if known is None or known[0] is not space:
+                known = self._float_box = (space, isinstance(space, spaces.Box) and not is_image_space(space))
+            if known[1]:
+                preprocessed = obs.float()  # type: ignore[union-attr]  # what preprocess_obs does for this Box
+            else:
+                preprocessed = preprocess_obs(obs, space, normalize_images=self.normalize_images)
             return preprocessed.flatten(flatten.start_dim, flatten.end_dim)  # type: ignore[union-attr]
         return self.extract_features(obs, extractor)  # type: ignore[return-value]
 
     def _head(self, obs: PyTorchObs) -> th.Tensor:
         """Raw head output: Q-values ``(batch, n_actions)`` or logits ``(batch, n_actions, n_atoms)``."""
-        seqs = (self.q_net, self.value_stream, self.advantage_stream) if self.dueling else (self.q_net,)
-        if tuple(plan.seq for plan in self._fast_path) != seqs:  # (nn.Module compares by identity)
+        plans = self._fast_path
+        modules = self._modules
+        if (
+            not plans
+            or plans[0].seq is not modules["q_net"]
+            or (
+                self.dueling
+                and (plans[1].seq is not modules["value_stream"] or plans[2].seq is not modules["advantage_stream"])
+            )
+        ):
+            seqs = (self.q_net, self.value_stream, self.advantage_stream) if self.dueling else (self.q_net,)
             self._fast_path = tuple(_SequentialPlan(seq) for seq in seqs)  # first call, or a stream was replaced
         hidden = self._fast_path[0](self._features(obs))
         if not self.dueling:
@@ -317,9 +358,22 @@ class QNetwork(BasePolicy):
         return self._head(obs).log_softmax(dim=-1)
 
     def reset_noise(self) -> None:
-        """Resample the noise of every noisy layer (no-op without noisy layers)."""
-        for layer in self._noisy_layers:
-            layer.reset_noise()
+        """
+        Resample the noise of every noisy layer (no-op without noisy layers): what each layer's
+        :meth:`NoisyLinear.reset_noise` does, with one draw of ``N(0, 1)`` for the whole network.
+        """
+        layers = self._noisy_layers
+        if not layers:
+            return
+        if any(type(layer) is not NoisyLinear for layer in layers):  # a subclass may draw its noise otherwise
+            for layer in layers:
+                layer.reset_noise()
+            return
+        buffers = [layer._buffers[name] for layer in layers for name in ("epsilon_in", "epsilon_out")]
+        with th.no_grad():
+            eps = th.randn(self._noise_size, device=buffers[0].device)
+            eps = eps.sign() * eps.abs().sqrt()  # f(ε) = sign(ε) √|ε|
+            th._foreach_copy_(buffers, eps.split(self._noise_sizes))  # type: ignore[arg-type]
 
     @contextmanager
     def mean_weights(self) -> Iterator[None]:

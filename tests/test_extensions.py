@@ -66,6 +66,49 @@ def test_noisy_layer_without_noise_is_linear_on_means():
     th.testing.assert_close(layer(x), th.nn.functional.linear(x, layer.weight, layer.bias))
 
 
+def test_noisy_layer_batch_and_single_row_paths_agree():
+    # batches use the built noisy weights, single rows the factorised product: the same function, and the same
+    # gradients for μ and σ
+    from sb3_dqn_ext.policies import NOISY_MATERIALISE_ROWS
+
+    th.manual_seed(0)
+    layer = NoisyLinear(6, 5, std_init=0.5)
+    x = th.randn(2 * NOISY_MATERIALISE_ROWS, 6)
+    batched = layer(x)
+    rows = th.cat([layer(x[i : i + 1]) for i in range(len(x))])
+    th.testing.assert_close(batched, rows)
+    # by hand: y = (μ_w + σ_w ⊙ f(ε_out) f(ε_in)ᵀ) x + μ_b + σ_b ⊙ f(ε_out)
+    w = layer.weight_mu + layer.weight_sigma * th.outer(layer.epsilon_out, layer.epsilon_in)
+    b = layer.bias_mu + layer.bias_sigma * layer.epsilon_out
+    th.testing.assert_close(batched, x @ w.T + b)
+    grads = []
+    for out in (batched, rows):
+        layer.zero_grad()
+        (out**2).sum().backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    for g_batched, g_rows in zip(*grads, strict=True):
+        th.testing.assert_close(g_batched, g_rows)
+
+
+def test_network_reset_noise_draws_each_layer_s_factorised_noise():
+    # QNetwork.reset_noise: one N(0, 1) draw for all layers, f(ε) = sign(ε)√|ε| split in layer order
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(noisy=True, dueling=True, net_arch=[8]))
+    q_net = model.q_net
+    layers = q_net._noisy_layers
+    assert len(layers) == 3
+    th.manual_seed(5)
+    q_net.reset_noise()
+    th.manual_seed(5)
+    eps = th.randn(sum(m.in_features + m.out_features for m in layers))
+    expected = (eps.sign() * eps.abs().sqrt()).split([n for m in layers for n in (m.in_features, m.out_features)])
+    got = [b for m in layers for b in (m.epsilon_in, m.epsilon_out)]
+    for a, b in zip(got, expected, strict=True):
+        assert th.equal(a, b)
+    before = [b.clone() for b in got]
+    q_net.reset_noise()
+    assert all(not th.equal(a, b) for a, b in zip(before, got, strict=True))
+
+
 def test_noisy_weights_mean_and_variance():
     th.manual_seed(0)
     layer = NoisyLinear(4, 3, std_init=0.5)

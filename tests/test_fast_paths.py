@@ -7,6 +7,9 @@ PyTorch's per-tensor Adam on CPU, ``clip_grad_norm_`` and ``polyak_update``).
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch as th
@@ -64,6 +67,25 @@ def test_replaced_mlp_is_used():
     nn.init.zeros_(model.q_net.q_net[0].weight)
     nn.init.constant_(model.q_net.q_net[0].bias, 3.0)
     assert th.equal(model.q_net(obs), th.full((1, 2), 3.0))
+
+
+def test_fast_path_of_a_copy_uses_the_copy_s_layers():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", seed=0)
+    obs = th.ones(1, 4)
+    before = model.q_net(obs)  # builds the fast path
+    copied = copy.deepcopy(model.q_net)
+    restored = pickle.loads(pickle.dumps(model.q_net))
+    for net in (copied, restored):
+        nn.init.zeros_(net.q_net[-1].weight)
+        nn.init.constant_(net.q_net[-1].bias, 2.0)
+        assert th.equal(net(obs), th.full((1, 2), 2.0))
+    assert th.equal(model.q_net(obs), before)
+    # a replaced parameter, and a forward set on a layer instance, are seen
+    model.q_net.q_net[-1].bias = nn.Parameter(th.full((2,), 5.0))
+    nn.init.zeros_(model.q_net.q_net[-1].weight)
+    assert th.equal(model.q_net(obs), th.full((1, 2), 5.0))
+    model.q_net.q_net[-1].forward = lambda x: th.full((x.shape[0], 2), -1.0)
+    assert th.equal(model.q_net(obs), th.full((1, 2), -1.0))
 
 
 def test_adam_defaults_to_multi_tensor_and_keeps_user_choices():

@@ -14,6 +14,7 @@ import pytest
 import torch as th
 from stable_baselines3 import DQN
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import FakeImageEnv
 from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
@@ -22,7 +23,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import sb3_dqn_ext.fast_update as fast_update
 from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
-from sb3_dqn_ext.fast_update import FlatMLPAdam
+from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam
 from sb3_dqn_ext.policies import DQNPolicy, QNetwork
 
 COMMON = dict(learning_starts=64, train_freq=8, target_update_interval=40, batch_size=32, seed=3)
@@ -39,6 +40,20 @@ def fast_calls(monkeypatch):
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(FlatMLPAdam, "step", counted)
+    return calls
+
+
+@pytest.fixture
+def flat_adam_calls(monkeypatch):
+    """Counts the Adam steps taken on flat buffers after autograd's backward pass."""
+    calls = []
+    adam_step = FlatAdam.adam_step
+
+    def counted(self):
+        calls.append(1)
+        return adam_step(self)
+
+    monkeypatch.setattr(FlatAdam, "adam_step", counted)
     return calls
 
 
@@ -168,6 +183,52 @@ def test_replaced_optimizer_state_and_deep_copy_are_relinked(fast_calls, monkeyp
 def test_autograd_path_where_the_fast_step_does_not_apply(kwargs, fast_calls):
     model = ScratchDQN("MlpPolicy", "CartPole-v1", **COMMON, **kwargs).learn(300)
     assert model._n_updates > 0 and fast_calls == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(policy_kwargs=dict(dueling=True)),
+        dict(policy_kwargs=dict(noisy=True), max_grad_norm=0.05),  # clipping active at every step
+        dict(policy_kwargs=dict(n_atoms=11, v_min=0.0, v_max=10.0)),
+        dict(policy_kwargs=dict(activation_fn=nn.LeakyReLU, net_arch=[13, 7])),  # odd widths: aligned views
+        dict(
+            policy_kwargs=dict(dueling=True, noisy=True, n_atoms=11, v_min=0.0, v_max=10.0),
+            double_q=True,
+            n_steps=3,
+            replay_buffer_class=PrioritizedReplayBuffer,
+            gradient_steps=2,
+        ),
+    ],
+)
+def test_flat_adam_after_backward_equals_torch_adam(kwargs, fast_calls, flat_adam_calls, monkeypatch):
+    # heads the autograd-free step does not cover: autograd's backward, then clipping and Adam on flat buffers,
+    # bitwise what clip_grad_norm_ and torch.optim.Adam compute
+    ours = ScratchDQN("MlpPolicy", "CartPole-v1", **{**COMMON, **kwargs}).learn(700)
+    assert fast_calls == [] and len(flat_adam_calls) == ours._n_updates > 0
+    flat = ours._fast_update
+    assert type(flat) is FlatAdam and flat._state_linked()
+    # parameters, gradients and Adam's moments are views of the flat buffers
+    state = ours.policy.optimizer.state
+    for param, grad_view in zip(flat.params, flat._grad_views, strict=True):
+        assert param.grad is grad_view
+        assert param.untyped_storage().data_ptr() == flat.flat_params.untyped_storage().data_ptr()
+        assert state[param]["exp_avg"].untyped_storage().data_ptr() == flat.flat_exp_avg.untyped_storage().data_ptr()
+    theirs = autograd_run(monkeypatch, "MlpPolicy", "CartPole-v1", steps=700, **{**COMMON, **kwargs})
+    assert_same_training_state(ours, theirs)
+
+
+def test_cnn_policy_with_flat_adam_is_sb3_dqn_bitwise(flat_adam_calls):
+    def env():
+        image_env = FakeImageEnv(screen_height=36, screen_width=36, discrete=True)
+        image_env.observation_space.seed(0)  # (its observations are draws from the space)
+        return image_env
+
+    kwargs = dict(learning_starts=20, buffer_size=200, batch_size=8, train_freq=4, target_update_interval=30, seed=0)
+    ours = ScratchDQN("CnnPolicy", env(), **kwargs).learn(100)
+    theirs = DQN("CnnPolicy", env(), **kwargs).learn(100)
+    assert len(flat_adam_calls) == ours._n_updates > 0
+    assert_same_training_state(ours, theirs)
 
 
 @pytest.mark.parametrize("hook", ["module", "parameter", "optimizer", "global_optimizer"])
