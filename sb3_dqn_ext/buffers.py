@@ -258,7 +258,11 @@ class ReplayBuffer(BaseBuffer):
         self, batch_inds: np.ndarray, env: VecNormalize | None = None, env_indices: np.ndarray | None = None
     ) -> ReplayBufferSamples | DictReplayBufferSamples | DQNReplayBufferSamples:
         if env_indices is None:
-            env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
+            # (SB3 draws them with randint, which draws nothing from numpy's generator when there is one env)
+            if self.n_envs == 1:
+                env_indices = np.zeros(len(batch_inds), dtype=np.int64)
+            else:
+                env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         if self.n_steps == 1:
             rewards = self.rewards[batch_inds, env_indices]
             last_inds = batch_inds

@@ -86,16 +86,17 @@ def test_n_step_with_optimize_memory_usage():
     np.testing.assert_allclose(batch.discounts.numpy().ravel(), [0.25, 0.25, 0.25, 0.5])
 
 
-def test_one_step_sample_matches_sb3_layout_and_draws():
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_one_step_sample_matches_sb3_layout_and_draws(n_envs):
     from stable_baselines3.common.buffers import ReplayBuffer as SB3ReplayBuffer
 
-    ours = ReplayBuffer(50, OBS, ACT, device="cpu", n_envs=2)
-    theirs = SB3ReplayBuffer(50, OBS, ACT, device="cpu", n_envs=2)
+    ours = ReplayBuffer(50, OBS, ACT, device="cpu", n_envs=n_envs)
+    theirs = SB3ReplayBuffer(50, OBS, ACT, device="cpu", n_envs=n_envs)
     rng = np.random.default_rng(0)
     for _ in range(40):
-        obs, nxt = rng.normal(size=2), rng.normal(size=2)
-        reward, done = rng.normal(size=2), rng.random(2) < 0.2
-        truncated = done & (rng.random(2) < 0.5)
+        obs, nxt = rng.normal(size=n_envs), rng.normal(size=n_envs)
+        reward, done = rng.normal(size=n_envs), rng.random(n_envs) < 0.2
+        truncated = done & (rng.random(n_envs) < 0.5)
         for buffer in (ours, theirs):
             _add(buffer, obs, nxt, reward, done, truncated)
     for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
@@ -103,8 +104,11 @@ def test_one_step_sample_matches_sb3_layout_and_draws():
     assert (ours.pos, ours.full, ours.size()) == (theirs.pos, theirs.full, theirs.size())
     np.random.seed(3)
     a = ours.sample(32)
+    after_ours = np.random.rand()
     np.random.seed(3)
     b = theirs.sample(32)
+    # the same transitions, and numpy's global generator left where SB3 leaves it
+    assert np.random.rand() == after_ours
     for x, y in zip(a, b, strict=True):
         if x is not None:
             assert th.equal(x, y)
