@@ -162,7 +162,8 @@ class Breakdown:
     Where one run's time goes, for any DQN built on SB3's ``OffPolicyAlgorithm`` (ScratchDQN and SB3's DQN alike):
     wall-clock time inside the VecEnv's ``step_wait``, ``_sample_action``, ``_store_transition``, ``train`` and,
     inside ``train``, replay sampling, ``backward``, gradient clipping and the optimizer step, and ScratchDQN's
-    autograd-free step (:class:`~sb3_dqn_ext.fast_update.FlatMLPAdam`, forward to Adam in one call) where it runs.
+    autograd-free step (:class:`~sb3_dqn_ext.fast_update.FlatMLPAdam`, forward to Adam in one call) where it runs;
+    :class:`~sb3_dqn_ext.fast_update.FlatAdam`'s clipping and Adam step count as clipping and the optimizer step.
     Each probe is a pair of ``perf_counter`` calls around the function (about 0.2 µs each); the optimizer's and the
     fast step's are wrapped on their classes, since ScratchDQN hands a patched ``optimizer.step`` on the instance to
     autograd.

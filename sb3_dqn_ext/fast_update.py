@@ -272,8 +272,20 @@ class FlatAdam:
 
         :param max_grad_norm: the largest L2 norm ``c`` of all gradients together
         """
-        self._link_grads()  # (backward steals a gradient into a parameter whose grad was set to None)
+        self._adopt_grads()
         self._clip(max_grad_norm)
+
+    def _adopt_grads(self) -> None:
+        """Gradients set since :meth:`zero_grad` as tensors of their own (not accumulated into the flat buffer, e.g.
+        after ``param.grad = None``) are copied into it; ``None`` counts as zero."""
+        for param, view in zip(self.params, self._grad_views, strict=True):
+            grad = param.grad
+            if grad is not view:
+                if grad is None:
+                    view.zero_()
+                else:
+                    view.copy_(grad)
+                param.grad = view
 
     def _clip(self, max_grad_norm: float) -> None:
         total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(self._grad_views, 2.0)), 2.0)

@@ -218,6 +218,21 @@ def test_flat_adam_after_backward_equals_torch_adam(kwargs, fast_calls, flat_ada
     assert_same_training_state(ours, theirs)
 
 
+def test_flat_adam_adopts_gradients_not_accumulated_into_its_buffer():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(dueling=True), **COMMON).learn(100)
+    flat = model._flat_adam()
+    assert type(flat) is FlatAdam
+    flat.zero_grad()
+    first, second = flat.params[0], flat.params[1]
+    first.grad = th.full_like(first, 0.5)  # a tensor of its own, as backward stores into a grad set to None
+    second.grad = None
+    flat.clip_grad_norm(1e9)  # (no clipping at this norm)
+    assert first.grad is flat._grad_views[0] and second.grad is flat._grad_views[1]
+    assert th.equal(first.grad, th.full_like(first, 0.5)) and not second.grad.any()
+    offset = flat._offsets[0]
+    assert th.equal(flat.flat_grads[offset : offset + first.numel()], th.full((first.numel(),), 0.5))
+
+
 def test_cnn_policy_with_flat_adam_is_sb3_dqn_bitwise(flat_adam_calls):
     def env():
         image_env = FakeImageEnv(screen_height=36, screen_width=36, discrete=True)
