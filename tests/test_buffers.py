@@ -205,3 +205,19 @@ def test_empty_buffer_sample_is_our_error():
         ReplayBuffer(10, OBS, ACT).sample(4)
     with pytest.raises(ScratchDQNError, match="empty"):
         PrioritizedReplayBuffer(10, OBS, ACT).sample(4)
+
+
+def test_to_torch_shares_memory_on_cpu_and_copies_what_from_numpy_cannot_take():
+    buffer = ReplayBuffer(10, OBS, ACT, device="cpu")
+    array = np.arange(6, dtype=np.float32).reshape(3, 2)
+    shared = buffer.to_torch(array, copy=False)
+    assert shared.dtype == th.float32 and np.shares_memory(shared.numpy(), array)
+    copied = buffer.to_torch(array, copy=True)
+    assert not np.shares_memory(copied.numpy(), array)
+    # a read-only array goes through th.as_tensor (which warns that it shares it), with the same values
+    read_only = array.copy()
+    read_only.flags.writeable = False
+    with pytest.warns(UserWarning, match="not writable"):
+        assert th.equal(buffer.to_torch(read_only, copy=False), th.tensor(array))
+    for dtype in (np.bool_, np.uint8, np.int64, np.float64):
+        assert buffer.to_torch(np.zeros(2, dtype=dtype), copy=False).numpy().dtype == dtype
