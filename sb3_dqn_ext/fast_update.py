@@ -13,9 +13,11 @@ For ``Q(s) = W_L σ(… σ(W_1 s + b_1) …) + b_L`` one gradient step is
 4. gradient clipping, ``clip_grad_norm_``'s ops;
 5. Adam with ``torch.optim.Adam``'s multi-tensor op sequence (``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``,
    ``div_``, ``add_``, ``addcdiv_``), applied once to flat buffers that every parameter, gradient and moment is a
-   view of, instead of once per tensor.
+   view of, instead of once per tensor; with ``fused=True`` in the optimizer's settings, the fused Adam kernel
+   ``torch.optim.Adam(fused=True)`` calls, once over the flat buffers.
 
-Every step is the same op on the same numbers as autograd followed by ``torch.optim.Adam(foreach=True)``, so the
+Every step is the same op on the same numbers as autograd followed by ``torch.optim.Adam`` (``foreach=True``, or
+``fused=True``), so the
 weights, the optimizer state and the loss are bitwise those of the autograd path (``tests/test_fast_update.py``
 checks this against SB3's DQN). What is saved is bookkeeping: building and walking the autograd graph,
 ``nn.Module.__call__``, ``Optimizer.step``'s hooks and grouping, and one kernel per tensor per Adam op.
@@ -24,7 +26,8 @@ checks this against SB3's DQN). What is saved is bookkeeping: building and walki
 always correct): parameters on CPU in float32; a :class:`~sb3_dqn_ext.policies.QNetwork` without dueling, noisy or
 C51 heads, whose features extractor has no parameters and whose MLP is ``nn.Linear`` layers (with bias) and ReLU,
 Tanh or Sigmoid activations; an exact ``torch.optim.Adam`` with one parameter group over exactly those parameters,
-no weight decay, no AMSGrad, not maximizing, ``foreach=True`` and a float learning rate; and, checked before every
+no weight decay, no AMSGrad, not maximizing, ``foreach=True`` or ``fused=True``, a float learning rate and no AMP
+gradient scaler; and, checked before every
 step, no hook anywhere (module, parameter or optimizer hooks, global ones too) and no layer, parameter or
 optimizer state replaced since the last step. Set ``sb3_dqn_ext.fast_update.ENABLED = False`` to always use
 autograd, ``clip_grad_norm_``'s ops and ``optimizer.step()``.
@@ -64,10 +67,17 @@ _ADAM_DEFAULTS = dict(
 
 
 def _group_supported(group: dict[str, Any]) -> bool:
-    """An Adam parameter group whose step is the multi-tensor one this module replays."""
-    if any(group.get(key, value) != value for key, value in _ADAM_DEFAULTS.items()):
+    """An Adam parameter group whose step is one this module replays: the multi-tensor one, or the fused one."""
+    if group.get("fused"):
+        # (torch.optim.Adam refuses fused together with foreach=True)
+        expected = {**_ADAM_DEFAULTS, "foreach": group.get("foreach")}
+        if group.get("foreach"):
+            return False
+    else:
+        expected = _ADAM_DEFAULTS
+    if any(group.get(key, value) != value for key, value in expected.items()):
         return False
-    if group.get("fused") or group.get("decoupled_weight_decay", False):
+    if group.get("decoupled_weight_decay", False):
         return False
     return all(type(x) is float for x in (group["lr"], group["eps"], *group["betas"]))
 
@@ -120,8 +130,10 @@ class FlatAdam:
             for param, view in zip(self.params, self._views(self.flat_params), strict=True):
                 param.data = view
         self._grad_views = self._views(self.flat_grads)
+        self._param_views = self._views(self.flat_params)  # (plain tensors: the fused kernel writes into them)
         self._data_ptrs = [p.data_ptr() for p in self.params]
         self._state_views: list[tuple[th.Tensor, th.Tensor, th.Tensor]] = []
+        self._state_lists: tuple[list[th.Tensor], ...] = ()  # the steps, exp_avgs and exp_avg_sqs of _state_views
         self._one = th.tensor(1.0, dtype=th.float32)
 
     def _flat(self, tensors: list[th.Tensor]) -> th.Tensor:
@@ -181,6 +193,8 @@ class FlatAdam:
         optimizer = self.optimizer
         if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks or "step" in vars(optimizer):
             return False
+        if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
+            return False  # set by an AMP GradScaler: the fused step would unscale and skip on inf
         groups = optimizer.param_groups
         if len(groups) != 1:
             return False
@@ -254,6 +268,7 @@ class FlatAdam:
             step = steps[i]
             state[param] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
             self._state_views.append((step, m, v))
+        self._state_lists = tuple(list(views) for views in zip(*self._state_views, strict=True))
         return True
 
     def zero_grad(self) -> None:
@@ -293,7 +308,8 @@ class FlatAdam:
 
     @th.no_grad()
     def adam_step(self) -> None:
-        """``optimizer.step()``: Adam, ``torch.optim.Adam``'s multi-tensor sequence on the flat buffers."""
+        """``optimizer.step()``: ``torch.optim.Adam``'s multi-tensor sequence (or its fused kernel) on the flat
+        buffers."""
         self._adam()
 
     def _adam(self) -> None:
@@ -301,6 +317,29 @@ class FlatAdam:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         g, m, v = self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq
         self.flat_steps.add_(self._one, alpha=1.0)
+        if self.group.get("fused"):
+            # torch.optim.Adam(fused=True): one call of the same fused kernel over the same per-tensor views (over
+            # one flat tensor instead, a tensor's last few elements would take the kernel's vector path instead of
+            # its scalar one, and round differently)
+            steps, exp_avgs, exp_avg_sqs = self._state_lists
+            th._fused_adam_(
+                self._param_views,
+                self._grad_views,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                amsgrad=False,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=eps,
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
+            return
         t = self.flat_steps[0].item()
         m.lerp_(g, 1 - beta1)  # m ← β₁ m + (1 − β₁) g
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v ← β₂ v + (1 − β₂) g²

@@ -106,6 +106,28 @@ def test_fast_step_is_sb3_dqn_bitwise(kwargs, fast_calls):
     assert_same_training_state(ours, theirs)
 
 
+FUSED = dict(optimizer_kwargs=dict(fused=True))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(policy_kwargs=FUSED),
+        dict(policy_kwargs=dict(net_arch=[13, 3], **FUSED), max_grad_norm=0.05, gradient_steps=2),
+    ],
+)
+def test_fast_step_with_fused_adam_is_sb3_dqn_with_fused_adam_bitwise(kwargs, fast_calls):
+    # fused=True (low-order bits differ from the default Adam): one fused kernel over the flat buffers computes what
+    # torch.optim.Adam(fused=True) computes tensor by tensor in SB3's DQN
+    ours = ScratchDQN("MlpPolicy", "CartPole-v1", **{**COMMON, **kwargs}).learn(1500)
+    theirs = DQN("MlpPolicy", "CartPole-v1", **{**COMMON, **kwargs}).learn(1500)
+    assert len(fast_calls) == ours._n_updates > 0
+    assert ours.policy.optimizer.param_groups[0]["fused"] is True
+    assert_same_training_state(ours, theirs)
+    default = ScratchDQN("MlpPolicy", "CartPole-v1", **{**COMMON, **kwargs, "policy_kwargs": {}}).learn(1500)
+    assert not all(th.equal(p, q) for p, q in zip(ours.policy.parameters(), default.policy.parameters(), strict=True))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -172,7 +194,6 @@ def test_replaced_optimizer_state_and_deep_copy_are_relinked(fast_calls, monkeyp
         dict(policy_kwargs=dict(optimizer_class=RMSpropTFLike)),
         dict(policy_kwargs=dict(optimizer_kwargs=dict(weight_decay=1e-4))),
         dict(policy_kwargs=dict(optimizer_kwargs=dict(amsgrad=True))),
-        dict(policy_kwargs=dict(optimizer_kwargs=dict(fused=True))),
         dict(policy_kwargs=dict(optimizer_kwargs=dict(foreach=False))),
         dict(policy_kwargs=dict(dueling=True)),
         dict(policy_kwargs=dict(noisy=True)),
@@ -199,6 +220,7 @@ def test_autograd_path_where_the_fast_step_does_not_apply(kwargs, fast_calls):
             replay_buffer_class=PrioritizedReplayBuffer,
             gradient_steps=2,
         ),
+        dict(policy_kwargs=dict(dueling=True, noisy=True, n_atoms=11, v_min=0.0, v_max=10.0, **FUSED)),
     ],
 )
 def test_flat_adam_after_backward_equals_torch_adam(kwargs, fast_calls, flat_adam_calls, monkeypatch):
