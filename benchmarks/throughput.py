@@ -21,6 +21,10 @@ Configurations:
 2. step-heavy CartPole-v1: train_freq 4, gradient_steps 1, 64x64, batch 64;
 3. CNN: Breakout through ale-py (NoFrameskip-v4, SB3's Atari wrappers, 4 stacked frames), small budget;
 4. Rainbow: configuration 1 with every component on (double, dueling, PER, n_steps=3, noisy nets, C51).
+
+Optional (not in the default ``--configs``): ``1f`` and ``2f``, configurations 1 and 2 with
+``optimizer_kwargs=dict(fused=True)`` for every algorithm: the optimizer of the bare eager fused step, which
+rounds differently from Adam's default (so not the default of SB3's DQN or of ScratchDQN).
 """
 
 from __future__ import annotations
@@ -83,15 +87,18 @@ ZOO_CARTPOLE = dict(
 )
 
 
+def fused(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with PyTorch's fused Adam (``optimizer_kwargs=dict(fused=True)``)."""
+    return dict(kwargs, policy_kwargs=dict(kwargs["policy_kwargs"], optimizer_kwargs=dict(fused=True)))
+
+
 def configs(scale: float) -> dict[str, Config]:
+    step_heavy = dict(ZOO_CARTPOLE, train_freq=4, gradient_steps=1, policy_kwargs=dict(net_arch=[64, 64]))
     return {
         "1": Config("1 zoo CartPole (update-heavy)", cartpole, ZOO_CARTPOLE, int(20_000 * scale)),
-        "2": Config(
-            "2 step-heavy CartPole",
-            cartpole,
-            dict(ZOO_CARTPOLE, train_freq=4, gradient_steps=1, policy_kwargs=dict(net_arch=[64, 64])),
-            int(20_000 * scale),
-        ),
+        "2": Config("2 step-heavy CartPole", cartpole, step_heavy, int(20_000 * scale)),
+        "1f": Config("1f zoo CartPole, fused Adam", cartpole, fused(ZOO_CARTPOLE), int(20_000 * scale)),
+        "2f": Config("2f step-heavy CartPole, fused Adam", cartpole, fused(step_heavy), int(20_000 * scale)),
         "3": Config(
             "3 CNN Breakout",
             breakout,
@@ -369,7 +376,7 @@ def main() -> None:
             for name, algo in algos.items():
                 if key == "4" and name != "ScratchDQN":
                     continue
-                if name == "SBX DQN" and key == "3":
+                if name == "SBX DQN" and key in ("3", "1f", "2f"):  # (no Atari CNN; optax has no torch Adam flags)
                     continue
                 extra = config.scratch_only_kwargs if name == "ScratchDQN" else {}
                 result = run_once(algo, config, extra, args.device)
