@@ -435,7 +435,11 @@ class FlatMLPAdam(FlatAdam):
         h = features
         activations = iter(self.activations)
         for module in self.modules:
-            h = F.linear(h, module.weight, module.bias) if type(module) is nn.Linear else next(activations)[0](h)
+            if type(module) is nn.Linear:
+                params = module._parameters  # (module.weight without nn.Module.__getattr__'s lookups)
+                h = F.linear(h, params["weight"], params["bias"])
+            else:
+                h = next(activations)[0](h)
             outputs.append(h)
         q_values = h.gather(1, actions)  # Q(s, a; θ)
         if weights is None:
@@ -458,7 +462,7 @@ class FlatMLPAdam(FlatAdam):
                 th.mm(grad.t(), outputs[index], out=grad_weight)  # ∂L/∂W = gᵀ x
                 th.sum(grad, 0, out=grad_bias)  # ∂L/∂b = Σ_i g_i
                 if index > 0:
-                    grad = grad.mm(module.weight)  # ∂L/∂x = g W
+                    grad = grad.mm(module._parameters["weight"])  # ∂L/∂x = g W
             else:
                 grad = next(backward)[1](grad, outputs[index + 1])
         self._link_grads()

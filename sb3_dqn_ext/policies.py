@@ -293,13 +293,9 @@ class QNetwork(BasePolicy):
 
     def _features(self, obs: PyTorchObs) -> th.Tensor:
         """``extract_features``; SB3's ``FlattenExtractor`` is applied as the ``flatten(1)`` it is."""
-        extractor = self.features_extractor
-        if (
-            type(extractor) is FlattenExtractor
-            and type(extractor.flatten) is nn.Flatten
-            and not (_has_hooks(extractor) or _has_hooks(extractor.flatten) or _global_hooks())
-        ):
-            flatten = extractor.flatten
+        extractor = self._modules["features_extractor"]  # (dict lookups: nn.Module.__getattr__ costs more)
+        flatten = extractor._modules.get("flatten") if type(extractor) is FlattenExtractor else None
+        if type(flatten) is nn.Flatten and not (_has_hooks(extractor) or _has_hooks(flatten) or _global_hooks()):
             space, known = self.observation_space, self._float_box
             if known is None or known[0] is not space:
                 known = self._float_box = (space, isinstance(space, spaces.Box) and not is_image_space(space))
