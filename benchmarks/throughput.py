@@ -4,9 +4,11 @@ Throughput: ScratchDQN vs SB3's DQN (and SBX's DQN when ``sbx-rl`` is installed)
     python benchmarks/throughput.py [--configs 1,2,3,4] [--repeats 3] [--scale 1.0] [--device cpu] [--out FILE.md]
 
 For each configuration the algorithms run alternately (A, B, A, B, ...) with the same seed, one torch thread, and
-each keeps its best wall time over ``--repeats``. ScratchDQN's run is instrumented: time inside ``env.step`` and
-inside gradient steps is measured, the rest is per-env-step overhead. The same run measures the floors for the same
-network and batch:
+each keeps its best wall time over ``--repeats``. The table also gives the paired ratios: in each repeat, SB3's wall
+time over the other algorithm's, from runs adjacent in time (median, and the range over the repeats), which a
+machine whose speed drifts between repeats moves less than the ratio of the bests. ScratchDQN's run is
+instrumented: time inside ``env.step`` and inside gradient steps is measured, the rest is per-env-step overhead.
+The same run measures the floors for the same network and batch:
 
 - the bare eager DQN update (forward, Huber loss, backward, grad clipping, fused Adam) written directly in PyTorch;
 - the matrix multiplies alone (the forward and backward GEMMs of the same layers);
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -364,14 +367,15 @@ def main() -> None:
         f"torch {th.__version__}, {th.get_num_threads()} thread, {platform.processor() or platform.machine()}, "
         f"device {device_name(args.device)}, best of {args.repeats}, alternating runs",
         "",
-        "| config | algo | steps | wall s | env steps/s | grad steps/s | speed-up vs SB3 |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| config | algo | steps | wall s | env steps/s | grad steps/s | speed-up vs SB3 | paired: median [range] |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     detail: list[str] = []
     breakdowns: list[str] = []
     for key in args.configs.split(","):
         config = table[key]
         best: dict[str, dict[str, float]] = {}
+        walls: dict[str, list[float]] = {}  # every repeat's wall time, in order
         for _ in range(args.repeats):
             for name, algo in algos.items():
                 if key == "4" and name != "ScratchDQN":
@@ -380,14 +384,19 @@ def main() -> None:
                     continue
                 extra = config.scratch_only_kwargs if name == "ScratchDQN" else {}
                 result = run_once(algo, config, extra, args.device)
+                walls.setdefault(name, []).append(result["wall"])
                 if name not in best or result["wall"] < best[name]["wall"]:
                     best[name] = result
         sb3_wall = best.get("SB3 DQN", {}).get("wall")
         for name, r in best.items():
             ratio = f"{sb3_wall / r['wall']:.2f}x" if sb3_wall and name != "SB3 DQN" else "1.00x" if sb3_wall else "-"
+            paired = "-"
+            if sb3_wall and name != "SB3 DQN":
+                ratios = sorted(a / b for a, b in zip(walls["SB3 DQN"], walls[name], strict=True))
+                paired = f"{statistics.median(ratios):.2f}x [{ratios[0]:.2f}, {ratios[-1]:.2f}]"
             lines.append(
                 f"| {config.name} | {name} | {r['steps']} | {r['wall']:.2f} | {r['steps'] / r['wall']:.0f} | "
-                f"{r['updates'] / r['wall']:.0f} | {ratio} |"
+                f"{r['updates'] / r['wall']:.0f} | {ratio} | {paired} |"
             )
         ours = best["ScratchDQN"]
         if config.policy == "MlpPolicy":
