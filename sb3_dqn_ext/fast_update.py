@@ -79,7 +79,8 @@ def _group_supported(group: dict[str, Any]) -> bool:
         return False
     if group.get("decoupled_weight_decay", False):
         return False
-    return all(type(x) is float for x in (group["lr"], group["eps"], *group["betas"]))
+    # (a Python float or a subclass, e.g. the np.float64 a learning-rate schedule may return: the same double)
+    return all(isinstance(x, float) for x in (group["lr"], group["eps"], *group["betas"]))
 
 
 def _layers_supported(modules: tuple[nn.Module, ...]) -> bool:
@@ -96,11 +97,12 @@ def _layers_supported(modules: tuple[nn.Module, ...]) -> bool:
 
 class FlatAdam:
     """
-    Gradient clipping and ``torch.optim.Adam``'s multi-tensor step, applied once to flat buffers that every
-    parameter, gradient and Adam moment is a view of, instead of once per tensor (on CPU, PyTorch's multi-tensor ops
-    loop over the tensors). Use it around autograd's backward pass: :meth:`zero_grad`, ``loss.backward()`` (which
-    accumulates into the flat gradient buffer), :meth:`clip_grad_norm`, :meth:`adam_step`. Build it with
-    :meth:`for_network`, which returns ``None`` where it does not apply, and call :meth:`ready` before each step.
+    Gradient clipping and ``torch.optim.Adam``'s multi-tensor step (or its fused kernel, with ``fused=True``),
+    applied once to flat buffers that every parameter, gradient and Adam moment is a view of, instead of once per
+    tensor (on CPU, PyTorch's multi-tensor ops loop over the tensors). Use it around autograd's backward pass:
+    :meth:`zero_grad`, ``loss.backward()`` (which accumulates into the flat gradient buffer), :meth:`clip_grad_norm`,
+    :meth:`adam_step`. Build it with :meth:`for_network`, which returns ``None`` where it does not apply, and call
+    :meth:`ready` before each step.
 
     Building it makes the network's parameters views of one flat buffer (same values); the optimizer keeps the
     same parameters, and its state stays what ``torch.optim.Adam`` keeps (per-parameter ``step``, ``exp_avg``,
@@ -314,7 +316,12 @@ class FlatAdam:
 
     def _adam(self) -> None:
         group = self.group
-        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        lr, beta1, beta2, eps = (
+            float(group["lr"]),
+            float(group["betas"][0]),
+            float(group["betas"][1]),
+            float(group["eps"]),
+        )
         g, m, v = self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq
         self.flat_steps.add_(self._one, alpha=1.0)
         if self.group.get("fused"):
@@ -467,5 +474,5 @@ class FlatMLPAdam(FlatAdam):
                 grad = next(backward)[1](grad, outputs[index + 1])
         self._link_grads()
         self._clip(max_grad_norm)  # clip_grad_norm_: g ← g · min(c / (‖g‖₂ + 1e-6), 1)
-        self._adam()  # Adam, torch.optim.Adam's multi-tensor sequence on the flat buffers
+        self._adam()  # Adam: torch.optim.Adam's multi-tensor sequence (or fused kernel) on the flat buffers
         return loss, q_values

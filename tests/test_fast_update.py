@@ -92,6 +92,7 @@ def assert_same_training_state(a: ScratchDQN, b: ScratchDQN) -> None:
         dict(max_grad_norm=0.05),  # clipping active at every step
         dict(policy_kwargs=dict(net_arch=[16, 8], activation_fn=nn.Tanh), tau=0.3),
         dict(policy_kwargs=dict(net_arch=[16], activation_fn=nn.Sigmoid), learning_rate=lambda p: 1e-3 * p),
+        dict(learning_rate=lambda p: np.float64(1e-3) * p),  # a schedule returning np.float64 (a float subclass)
         dict(policy_kwargs=dict(net_arch=[]), gamma=0.9),  # a single linear layer
         # widths that are not multiples of 16: each tensor must keep a 64-byte-aligned start in the flat buffers,
         # as MKL rounds differently at other alignments
