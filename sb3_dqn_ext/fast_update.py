@@ -13,14 +13,14 @@ For ``Q(s) = W_L σ(… σ(W_1 s + b_1) …) + b_L`` one gradient step is
 4. gradient clipping, ``clip_grad_norm_``'s ops;
 5. Adam with ``torch.optim.Adam``'s multi-tensor op sequence (``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``,
    ``div_``, ``add_``, ``addcdiv_``), applied once to flat buffers that every parameter, gradient and moment is a
-   view of, instead of once per tensor; with ``fused=True`` in the optimizer's settings, the fused Adam kernel
-   ``torch.optim.Adam(fused=True)`` calls, once over the flat buffers.
+   view of, instead of once per tensor; with ``fused=True`` in the optimizer's settings, the fused kernel that
+   ``torch.optim.Adam(fused=True)`` calls, in one call over the per-tensor views of the flat buffers.
 
 Every step is the same op on the same numbers as autograd followed by ``torch.optim.Adam`` (``foreach=True``, or
-``fused=True``), so the
-weights, the optimizer state and the loss are bitwise those of the autograd path (``tests/test_fast_update.py``
-checks this against SB3's DQN). What is saved is bookkeeping: building and walking the autograd graph,
-``nn.Module.__call__``, ``Optimizer.step``'s hooks and grouping, and one kernel per tensor per Adam op.
+``fused=True``), so the weights, the optimizer state and the loss are bitwise those of the autograd path
+(``tests/test_fast_update.py`` checks this against SB3's DQN). What is saved is bookkeeping: building and walking
+the autograd graph, ``nn.Module.__call__``, ``Optimizer.step``'s hooks and grouping, and one kernel per tensor per
+Adam op.
 
 :class:`FlatMLPAdam` takes over only where all of this holds (else ScratchDQN runs its autograd path, which is
 always correct): parameters on CPU in float32; a :class:`~sb3_dqn_ext.policies.QNetwork` without dueling, noisy or
@@ -68,13 +68,11 @@ _ADAM_DEFAULTS = dict(
 
 def _group_supported(group: dict[str, Any]) -> bool:
     """An Adam parameter group whose step is one this module replays: the multi-tensor one, or the fused one."""
+    expected = dict(_ADAM_DEFAULTS)
     if group.get("fused"):
-        # (torch.optim.Adam refuses fused together with foreach=True)
-        expected = {**_ADAM_DEFAULTS, "foreach": group.get("foreach")}
-        if group.get("foreach"):
+        if group.get("foreach"):  # (torch.optim.Adam refuses the two together)
             return False
-    else:
-        expected = _ADAM_DEFAULTS
+        del expected["foreach"]  # (None or False: the fused step does not read it)
     if any(group.get(key, value) != value for key, value in expected.items()):
         return False
     if group.get("decoupled_weight_decay", False):
@@ -128,11 +126,11 @@ class FlatAdam:
         self._length = end
         self.flat_params = self._flat([p.detach() for p in self.params])
         self.flat_grads = th.zeros_like(self.flat_params)
+        self._param_views = self._views(self.flat_params)  # (plain tensors: the fused kernel writes into them)
         with th.no_grad():
-            for param, view in zip(self.params, self._views(self.flat_params), strict=True):
+            for param, view in zip(self.params, self._param_views, strict=True):
                 param.data = view
         self._grad_views = self._views(self.flat_grads)
-        self._param_views = self._views(self.flat_params)  # (plain tensors: the fused kernel writes into them)
         self._data_ptrs = [p.data_ptr() for p in self.params]
         self._state_views: list[tuple[th.Tensor, th.Tensor, th.Tensor]] = []
         self._state_lists: tuple[list[th.Tensor], ...] = ()  # the steps, exp_avgs and exp_avg_sqs of _state_views
@@ -322,9 +320,8 @@ class FlatAdam:
             float(group["betas"][1]),
             float(group["eps"]),
         )
-        g, m, v = self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq
         self.flat_steps.add_(self._one, alpha=1.0)
-        if self.group.get("fused"):
+        if group.get("fused"):
             # torch.optim.Adam(fused=True): one call of the same fused kernel over the same per-tensor views (over
             # one flat tensor instead, a tensor's last few elements would take the kernel's vector path instead of
             # its scalar one, and round differently)
@@ -347,6 +344,7 @@ class FlatAdam:
                 found_inf=None,
             )
             return
+        g, m, v = self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq
         t = self.flat_steps[0].item()
         m.lerp_(g, 1 - beta1)  # m ← β₁ m + (1 − β₁) g
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v ← β₂ v + (1 − β₂) g²
