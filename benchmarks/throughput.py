@@ -27,11 +27,18 @@ Configurations:
 Optional (not in the default ``--configs``): ``1f`` and ``2f``, configurations 1 and 2 with
 ``optimizer_kwargs=dict(fused=True)`` for every algorithm: the optimizer of the bare eager fused step, which
 rounds differently from Adam's default (so not the default of SB3's DQN or of ScratchDQN).
+
+SBX's DQN (``pip install -e ".[bench]"``) gets the same keyword arguments; it differs in ways the settings do not
+cover: no gradient clipping (SB3's ``max_grad_norm=10`` has no SBX counterpart), optax's Adam, and its gradient steps
+of one ``train()`` call run in one jitted loop over a batch sampled at once (JIT compilation time counts in its wall
+time). XLA is asked for one thread (``XLA_FLAGS``, unless already set), as torch is; it has no column in the
+configurations whose settings it lacks (3, 4, ``1f``, ``2f``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -47,6 +54,8 @@ from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
 from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam
 
 th.set_num_threads(1)
+# SBX's XLA on one thread too (read when JAX starts, so set before sbx is imported)
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
 @dataclass
