@@ -2,6 +2,7 @@
 Throughput: ScratchDQN vs SB3's DQN (and SBX's DQN when ``sbx-rl`` is installed) at identical settings.
 
     python benchmarks/throughput.py [--configs 1,2,3,4] [--repeats 3] [--scale 1.0] [--device cpu] [--out FILE.md]
+        [--breakdown] [--profile-ops]
 
 For each configuration the algorithms run alternately (A, B, A, B, ...) with the same seed, one torch thread, and
 each keeps its best wall time over ``--repeats``. The table also gives the paired ratios: in each repeat, SB3's wall
@@ -268,6 +269,46 @@ def breakdown_table(config: Config, algos: dict[str, type]) -> list[str]:
     return rows
 
 
+def op_profile(config: Config, top: int = 15) -> list[str]:
+    """
+    Markdown rows: the torch ops where one ScratchDQN run of ``config`` spends its time (``torch.profiler``, CPU,
+    self time: a composite op such as ``aten::linear`` counts only its own dispatch, the ``aten::addmm`` it calls
+    counts apart), the ``top`` largest, all ops together, and what is left of the wall time outside any torch op
+    (Python, the environment, NumPy). The profiler adds its own cost to every op, so the shares are approximate and
+    the wall time is longer than an unprofiled run's.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    env = config.env()
+    model = ScratchDQN(config.policy, env, seed=0, verbose=0, **{**config.kwargs, **config.scratch_only_kwargs})
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        model.learn(config.timesteps)
+        wall = time.perf_counter() - start
+    env.close()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) / 1e6  # (µs → s)
+    updates = max(model._n_updates, 1)
+    rows = [
+        f"| {config.name}: torch op (self time) | calls / gradient step | µs / call | ms total | % of wall |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for e in events[:top]:
+        rows.append(
+            f"| `{e.key}` | {e.count / updates:.2f} | {e.self_cpu_time_total / e.count:.1f} | "
+            f"{e.self_cpu_time_total / 1e3:.0f} | {100 * e.self_cpu_time_total / 1e6 / wall:.1f}% |"
+        )
+    rows.append(f"| all {len(events)} torch ops | | | {total * 1e3:.0f} | {100 * total / wall:.1f}% |")
+    rows.append(
+        f"| outside torch ops (Python, env, NumPy) | | | {(wall - total) * 1e3:.0f} | "
+        f"{100 * (wall - total) / wall:.1f}% |"
+    )
+    rows.append(
+        f"| profiled wall ({model.num_timesteps} env steps, {updates} gradient steps) | | | {wall * 1e3:.0f} | 100% |"
+    )
+    return rows
+
+
 def sbx_class() -> type | None:
     try:
         from sbx import DQN as SBXDQN  # type: ignore[import-not-found]
@@ -364,9 +405,14 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="also time where each run's time goes (one extra run per algo)"
     )
+    parser.add_argument(
+        "--profile-ops",
+        action="store_true",
+        help="also profile one ScratchDQN run per configuration with torch.profiler (top ops by self time)",
+    )
     args = parser.parse_args()
-    if args.breakdown and th.device(args.device).type != "cpu":
-        parser.error("--breakdown times asynchronous GPU work at launch: use it with --device cpu")
+    if (args.breakdown or args.profile_ops) and th.device(args.device).type != "cpu":
+        parser.error("--breakdown and --profile-ops time asynchronous GPU work at launch: use --device cpu")
 
     table = configs(args.scale)
     algos: dict[str, type] = {"ScratchDQN": ScratchDQN, "SB3 DQN": DQN}
@@ -381,6 +427,7 @@ def main() -> None:
     ]
     detail: list[str] = []
     breakdowns: list[str] = []
+    profiles: list[str] = []
     for key in args.configs.split(","):
         config = table[key]
         best: dict[str, dict[str, float]] = {}
@@ -423,6 +470,10 @@ def main() -> None:
             rows = breakdown_table(config, {"ScratchDQN": algos["ScratchDQN"]} if key == "4" else algos)
             breakdowns += ["", *rows]
             print("\n".join(rows), flush=True)
+        if args.profile_ops:
+            rows = op_profile(config)
+            profiles += ["", *rows]
+            print("\n".join(rows), flush=True)
     lines += [
         "",
         "ScratchDQN against the floors measured in the same run (same network and batch):",
@@ -437,6 +488,8 @@ def main() -> None:
             "Where the time goes (one instrumented run per algorithm, µs per env step or per gradient step):",
             *breakdowns,
         ]
+    if profiles:
+        lines += ["", "Torch ops where ScratchDQN's time goes (one profiled run per configuration):", *profiles]
     report = "\n".join(lines)
     print()
     print(report)

@@ -40,6 +40,7 @@ optimizer or parameter hook).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,10 @@ _ACTIVATION_BACKWARD: dict[type, Callable[[th.Tensor, th.Tensor], th.Tensor]] = 
 }
 _NONE, _MEAN = 0, 1  # at::Reduction
 _ALIGN = 16  # floats: 64 bytes, the alignment of a tensor allocated on its own
+# Adam's second moments below this are raised to it before the square root (see FlatAdam._denominator): a normal
+# float32 whose square root MKL takes on its fast path, and small enough that √v / √(1 − β₂ᵗ) + ε rounds to ε
+_SQRT_FLOOR = 1e-37
+_SQRT_FLOOR_ROOT = math.sqrt(_SQRT_FLOOR) * (1 + 2**-10)  # (a margin over the root's and the division's rounding)
 _ADAM_DEFAULTS = dict(
     weight_decay=0, amsgrad=False, maximize=False, foreach=True, capturable=False, differentiable=False
 )
@@ -135,6 +140,8 @@ class FlatAdam:
         self._state_views: list[tuple[th.Tensor, th.Tensor, th.Tensor]] = []
         self._state_lists: tuple[list[th.Tensor], ...] = ()  # the steps, exp_avgs and exp_avg_sqs of _state_views
         self._one = th.tensor(1.0, dtype=th.float32)
+        self._sqrt_buffer = th.empty_like(self.flat_params)  # Adam's √v (reused: one buffer, no allocation per step)
+        self._half_ulps: dict[float, float] = {}  # ε → half a float32 ulp of ε
 
     def _flat(self, tensors: list[th.Tensor]) -> th.Tensor:
         """A zero-padded flat float32 buffer holding ``tensors`` at the parameters' offsets."""
@@ -349,8 +356,32 @@ class FlatAdam:
         m.lerp_(g, 1 - beta1)  # m ← β₁ m + (1 − β₁) g
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v ← β₂ v + (1 − β₂) g²
         step_size = (lr / (1 - beta1**t)) * -1
-        denom = v.sqrt().div_((1 - beta2**t) ** 0.5).add_(eps)  # √(v / (1 − β₂ᵗ)) + ε
+        bias_correction2_sqrt = (1 - beta2**t) ** 0.5
+        denom = self._sqrt(v, bias_correction2_sqrt, eps).div_(bias_correction2_sqrt).add_(eps)  # √(v/(1 − β₂ᵗ)) + ε
         self.flat_params.addcdiv_(m, denom, value=step_size)  # θ ← θ − lr / (1 − β₁ᵗ) · m / denom
+
+    def _sqrt(self, v: th.Tensor, bias_correction2_sqrt: float, eps: float) -> th.Tensor:
+        """
+        ``√v`` as Adam's denominator ``√v / √(1 − β₂ᵗ) + ε`` needs it: ``v.sqrt()``, or, where it changes no bit of
+        that denominator, ``max(v, 1e-37).sqrt()``.
+
+        On CPU, float32 ``sqrt`` is MKL's ``vsSqrt``, which takes a slow path (several times slower) on every vector
+        of elements holding a zero or a subnormal; Adam's ``v`` holds many zeros (every weight of a dead ReLU unit,
+        a fifth of the zoo CartPole network's after a few thousand steps). Every ``v < 1e-37`` gives the denominator
+        ``ε`` exactly, whether ``√v`` or ``√1e-37`` goes into it, as long as ``√1e-37 / √(1 − β₂ᵗ)`` is below half
+        a float32 ulp of ``ε`` (then ``fl(x + ε) = ε``): checked here on every step from ``β₂ᵗ`` and ``ε``
+        (with Adam's defaults it holds from the first step on); where it does not hold, plain ``v.sqrt()``.
+        """
+        half_ulp = self._half_ulps.get(eps)
+        if half_ulp is None:
+            eps32 = th.tensor(eps, dtype=th.float32).item()  # ε as the float32 the add rounds it to
+            mantissa, exponent = math.frexp(eps32)
+            # half a float32 ulp of a normal ε (2⁻²⁵ · 2^exponent for ε in [2^(exponent−1), 2^exponent)); 0 disables
+            half_ulp = math.ldexp(1.0, exponent - 25) if eps32 >= 2**-126 and math.isfinite(eps32) else 0.0
+            self._half_ulps[eps] = half_ulp
+        if _SQRT_FLOOR_ROOT >= half_ulp * bias_correction2_sqrt:
+            return v.sqrt()
+        return th.clamp_min(v, _SQRT_FLOOR, out=self._sqrt_buffer).sqrt_()
 
 
 class FlatMLPAdam(FlatAdam):

@@ -256,6 +256,66 @@ def test_flat_adam_adopts_gradients_not_accumulated_into_its_buffer():
     assert th.equal(flat.flat_grads[offset : offset + first.numel()], th.full((first.numel(),), 0.5))
 
 
+@pytest.mark.parametrize(
+    "betas, eps, floored",
+    [
+        ((0.9, 0.999), 1e-8, True),  # Adam's defaults: √v is taken of max(v, 1e-37) from the first step on
+        ((0.9, 0.99999), 1e-8, True),
+        ((0.5, 1 - 1e-9), 1e-8, False),  # √(1 − β₂ᵗ) so small at first that 1e-37 could show: plain √v
+        ((0.9, 0.999), 1e-30, False),  # an ε whose half ulp is below √1e-37
+    ],
+)
+def test_flat_adam_with_zero_and_subnormal_second_moments_equals_torch_adam(betas, eps, floored):
+    # Adam's v holds exact zeros (dead units), subnormals and values around the 1e-37 floor under the square
+    # root: the denominator, hence every parameter, must stay bitwise torch.optim.Adam's at every step
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[32]), **COMMON)
+    reference = copy.deepcopy(model.q_net)
+    params = list(reference.parameters())
+    adam = dict(lr=1e-3, betas=betas, eps=eps, foreach=True)
+    model.policy.optimizer = th.optim.Adam(model.q_net.parameters(), **adam)
+    torch_adam = th.optim.Adam(params, **adam)
+    flat = FlatAdam.for_network(model.q_net, model.policy.optimizer)
+    assert flat is not None and flat.ready()
+    returned = []  # what each step's square root returned
+    original = flat._sqrt
+
+    def sqrt(v, bias_correction2_sqrt, eps):
+        root = original(v, bias_correction2_sqrt, eps)
+        returned.append(root)
+        # Adam's denominator √v / √(1 − β₂ᵗ) + ε, as torch.optim.Adam computes it, bitwise (the parameters alone
+        # would not show a changed denominator where m is tiny or 0)
+        expected = v.sqrt().div_(bias_correction2_sqrt).add_(eps)
+        assert th.equal(root.div(bias_correction2_sqrt).add_(eps).view(th.int32), expected.view(th.int32))
+        return root
+
+    flat._sqrt = sqrt
+    generator = th.Generator().manual_seed(0)
+    # fixed positions get the same tiny gradient at every step, so that v = (1 − β₂ᵗ) g² stays an exact 0, a
+    # subnormal, or a value around the floor; the others a random gradient, a fifth of it exactly 0
+    squares = th.tensor([0.0, 1e-45, 1e-42, 1e-40, 1e-38, 1e-37, 1e-36, 1e-35, 1e-34, 1e-32, 1e-30, 1e-28, 1e-26])
+    fixed = [th.rand(p.shape, generator=generator) < 0.3 for p in params]
+    values = [squares.sqrt()[th.randint(len(squares), p.shape, generator=generator)] for p in params]
+    for step in range(12):
+        grads = []
+        for param, where, value in zip(params, fixed, values, strict=True):
+            grad = th.randn(param.shape, generator=generator) * 1e-3
+            grad[th.rand(param.shape, generator=generator) < 0.2] = 0.0
+            grads.append(th.where(where, value, grad))
+        torch_adam.zero_grad()
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad.clone()
+        torch_adam.step()
+        flat.zero_grad()
+        for view, grad in zip(flat._grad_views, grads, strict=True):
+            view.copy_(grad)
+        flat.adam_step()
+        for ours, theirs in zip(model.q_net.parameters(), params, strict=True):
+            assert th.equal(ours.view(th.int32), theirs.view(th.int32)), f"step {step + 1}"
+    v = flat.flat_exp_avg_sq
+    assert (v == 0).any() and ((v > 0) & (v < 1.1754944e-38)).any() and ((v > 1e-38) & (v < 1e-36)).any()
+    assert all((r is flat._sqrt_buffer) is floored for r in returned)
+
+
 def test_cnn_policy_with_flat_adam_is_sb3_dqn_bitwise(flat_adam_calls):
     def env():
         image_env = FakeImageEnv(screen_height=36, screen_width=36, discrete=True)
