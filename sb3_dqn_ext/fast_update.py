@@ -13,14 +13,16 @@ For ``Q(s) = W_L σ(… σ(W_1 s + b_1) …) + b_L`` one gradient step is
 4. gradient clipping, ``clip_grad_norm_``'s ops;
 5. Adam with ``torch.optim.Adam``'s multi-tensor op sequence (``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``,
    ``div_``, ``add_``, ``addcdiv_``), applied once to flat buffers that every parameter, gradient and moment is a
-   view of, instead of once per tensor; with ``fused=True`` in the optimizer's settings, the fused kernel that
-   ``torch.optim.Adam(fused=True)`` calls, in one call over the per-tensor views of the flat buffers.
+   view of, instead of once per tensor (``sqrt`` of ``max(v, 1e-37)`` where that provably leaves the denominator
+   ``√v / √(1 − β₂ᵗ) + ε`` bitwise unchanged: see :meth:`FlatAdam._sqrt`); with ``fused=True`` in the optimizer's
+   settings, the fused kernel that ``torch.optim.Adam(fused=True)`` calls, in one call over the per-tensor views of
+   the flat buffers.
 
 Every step is the same op on the same numbers as autograd followed by ``torch.optim.Adam`` (``foreach=True``, or
 ``fused=True``), so the weights, the optimizer state and the loss are bitwise those of the autograd path
 (``tests/test_fast_update.py`` checks this against SB3's DQN). What is saved is bookkeeping: building and walking
 the autograd graph, ``nn.Module.__call__``, ``Optimizer.step``'s hooks and grouping, and one kernel per tensor per
-Adam op.
+Adam op; and MKL's slow path for zeros in Adam's square root.
 
 :class:`FlatMLPAdam` takes over only where all of this holds (else ScratchDQN runs its autograd path, which is
 always correct): parameters on CPU in float32; a :class:`~sb3_dqn_ext.policies.QNetwork` without dueling, noisy or
