@@ -145,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", default=None, help="markdown file to write (default: OUT/ablation.md)")
     parser.add_argument("--per-overhead-only", type=int, metavar="STEPS", help="only time uniform vs PER replay")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of --per-overhead-only (best kept)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="checkpoint each run every STEPS env steps: a stopped run resumes from its newest checkpoint",
+    )
     args = parser.parse_args(argv)
 
     import torch as th
@@ -173,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             out=out / env_id,
             workers=args.workers,
             command=command,
+            checkpoint_every=args.checkpoint_every,
         )
         try:
             summary, failures = compare(config)

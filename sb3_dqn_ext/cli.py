@@ -104,6 +104,7 @@ def compare_main(args: argparse.Namespace) -> None:
         dask_scheduler=args.dask_scheduler,
         device=args.device,
         command=" ".join(["sb3-dqn-ext", *args.argv]),
+        checkpoint_every=args.checkpoint_every,
     )
     # a job scheduler's SIGTERM stops the workers as Ctrl-C does
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -164,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--n-eval-episodes", type=int, default=10, help="episodes per evaluation (%(default)s)")
     compare.add_argument("--dask-scheduler", metavar="ADDRESS", help="run on this Dask scheduler, not locally")
     compare.add_argument("--device", default="cpu", help="PyTorch device of the runs (%(default)s)")
+    compare.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="checkpoint each run every STEPS env steps under OUT/checkpoints/: a run stopped midway resumes from its "
+        "newest checkpoint when the same command runs again (default: runs start over)",
+    )
     compare.set_defaults(func=compare_main)
     return parser
 

@@ -6,8 +6,10 @@ Every ``(algorithm, env, seed)`` is one run: the algorithm is built with the env
 values, or a YAML), trained, and evaluated every ``eval_freq`` steps (and before training and at the end) on an
 evaluation env of its own with deterministic actions. Runs execute in worker processes (or on a Dask cluster) and
 each finished run is saved on its own under ``OUT/runs/``, so a comparison that was stopped finishes what is missing
-when started again. The final scores are normalised per env (:data:`ENVS`) and aggregated with stratified-bootstrap
-confidence intervals; ``OUT`` receives ``results.md``, ``results.json`` and PNG plots.
+when started again; with ``checkpoint_every`` a run that was stopped midway also resumes from its newest checkpoint
+(:mod:`sb3_dqn_ext.checkpoints`) instead of starting over. The final scores are normalised per env (:data:`ENVS`)
+and aggregated with stratified-bootstrap confidence intervals; ``OUT`` receives ``results.md``, ``results.json`` and
+PNG plots.
 
 The algorithms, and the per-env reference scores used for normalising, are data: :data:`ALGORITHMS` and
 :data:`ENVS`. An ablation is a list of registry names.
@@ -24,14 +26,16 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -43,12 +47,21 @@ from tqdm.auto import tqdm
 
 from sb3_dqn_ext import stats
 from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
+from sb3_dqn_ext.checkpoints import (
+    ResumableCheckpointCallback,
+    _checkpoint_folders,
+    checkpoint_timesteps,
+    learn_remaining,
+    resume_from_checkpoint,
+)
 from sb3_dqn_ext.errors import ScratchDQNError
 from sb3_dqn_ext.hyperparams import load_hyperparams, to_constructor_kwargs
 from sb3_dqn_ext.torch_layers import register_minatar_envs
 
 # Evaluation envs are seeded apart from the training envs (the same offset as the tuning command).
 EVAL_SEED_OFFSET = 10_000
+# A resumed run whose envs could not be saved with its checkpoint gets new ones, seeded apart from both
+RESUME_SEED_OFFSET = 20_000
 BOOTSTRAP_REPS = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
@@ -231,10 +244,16 @@ class RunSpec:
     eval_freq: int
     n_eval_episodes: int
     device: str = "cpu"
+    checkpoint_every: int | None = None
+    checkpoint_dir: str | None = None
 
     def path(self, out: Path) -> Path:
         """Where this run's result is saved."""
         return out / "runs" / self.env_id / self.algo / f"seed_{self.seed}.json"
+
+    def checkpoint_path(self, out: Path) -> Path:
+        """Where this run's checkpoints are kept while it runs (deleted once its result is saved)."""
+        return out.resolve() / "checkpoints" / self.env_id / self.algo / f"seed_{self.seed}"
 
     def settings(self) -> dict[str, Any]:
         """The settings that define the run, as JSON: a saved run is reused only if they are equal."""
@@ -347,6 +366,9 @@ class ComparisonConfig:
     :param dask_scheduler: address of a Dask scheduler to run on instead of local processes
     :param device: PyTorch device of the runs
     :param command: the command line, recorded in the outputs
+    :param checkpoint_every: save a resumable checkpoint of each run (model, replay buffer, random generators,
+        envs, evaluations so far) every this many env steps under ``OUT/checkpoints/``, so that a run stopped
+        midway resumes from its newest checkpoint when the command runs again; ``None``: runs start over
     """
 
     envs: list[str]
@@ -362,6 +384,7 @@ class ComparisonConfig:
     dask_scheduler: str | None = None
     device: str = "cpu"
     command: str = ""
+    checkpoint_every: int | None = None
 
 
 def _check_env(env_id: str) -> None:
@@ -397,6 +420,8 @@ def plan(config: ComparisonConfig) -> list[RunSpec]:
         raise CompareError(f"--workers must be > 0, got {config.workers}")
     if config.timesteps is not None and config.timesteps <= 0:
         raise CompareError(f"--timesteps must be > 0, got {config.timesteps}")
+    if config.checkpoint_every is not None and config.checkpoint_every <= 0:
+        raise CompareError(f"--checkpoint-every must be > 0, got {config.checkpoint_every}")
     if not config.algos:
         raise CompareError("--algos is empty")
     for algo in [*config.algos, *config.algo_hyperparams]:
@@ -440,9 +465,12 @@ def plan(config: ComparisonConfig) -> list[RunSpec]:
                         config.eval_freq,
                         config.n_eval_episodes,
                         config.device,
+                        config.checkpoint_every,
                     )
                 )
     runs.sort(key=lambda run: (run.seed, config.envs.index(run.env_id), config.algos.index(run.algo)))
+    if config.checkpoint_every is not None:
+        runs = [replace(run, checkpoint_dir=str(run.checkpoint_path(config.out))) for run in runs]
     for run in runs:
         saved = read_run(run.path(config.out))
         if saved is not None and saved.get("settings") != run.settings():
@@ -450,6 +478,13 @@ def plan(config: ComparisonConfig) -> list[RunSpec]:
                 f"{run.path(config.out)} was made with other settings than this command's "
                 f"({_first_difference(saved.get('settings'), run.settings())}); use another --out, or delete it"
             )
+        if saved is None and run.checkpoint_dir is not None:
+            for settings in _checkpointed_settings(Path(run.checkpoint_dir)):
+                if settings != run.settings():
+                    raise CompareError(
+                        f"the checkpoints in {run.checkpoint_dir} were made with other settings than this command's "
+                        f"({_first_difference(settings, run.settings())}); use another --out, or delete them"
+                    )
     return runs
 
 
@@ -491,29 +526,45 @@ def _first_difference(saved: Any, wanted: Any, where: str = "") -> str:
 # ---------------------------------------------------------------------------------------------------- one run
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """
-    Train and evaluate one run (in a worker process: one torch thread).
+    Train and evaluate one run (in a worker process: one torch thread). With ``spec.checkpoint_dir`` the run saves
+    checkpoints every ``spec.checkpoint_every`` steps and, when one is there already, resumes from the newest.
 
     :param spec: the run
     :return: the result: evaluation steps and returns, final return, training and evaluation wall times
     """
     th.set_num_threads(1)
-    eval_env = make_env(spec.env_id, seed=spec.seed + EVAL_SEED_OFFSET)
-    # an env id, as before MinAtar, unless the env needs a time limit (the algorithm seeds it either way)
-    reference = ENVS.get(spec.env_id)
-    env = make_env(spec.env_id) if reference is not None and reference.max_episode_steps else spec.env_id
-    model = import_class(spec.cls)(
-        spec.policy, env, seed=spec.seed, device=spec.device, verbose=0, **copy.deepcopy(spec.kwargs)
-    )
-    evaluation = _PeriodicEvaluation(eval_env, spec.eval_freq, spec.n_eval_episodes, spec.timesteps)
-    evaluation.evaluate(model, 0)
+    resumed = _resume(spec) if spec.checkpoint_dir is not None else None
+    if resumed is None and spec.checkpoint_dir is not None:
+        shutil.rmtree(spec.checkpoint_dir, ignore_errors=True)  # nothing to resume from in it: start clean
+    if resumed is None:
+        eval_env = make_env(spec.env_id, seed=spec.seed + EVAL_SEED_OFFSET)
+        # an env id, as before MinAtar, unless the env needs a time limit (the algorithm seeds it either way)
+        reference = ENVS.get(spec.env_id)
+        env = make_env(spec.env_id) if reference is not None and reference.max_episode_steps else spec.env_id
+        model = import_class(spec.cls)(
+            spec.policy, env, seed=spec.seed, device=spec.device, verbose=0, **copy.deepcopy(spec.kwargs)
+        )
+        evaluation = _PeriodicEvaluation(eval_env, spec.eval_freq, spec.n_eval_episodes, spec.timesteps)
+        evaluation.evaluate(model, 0)
+        train_seconds, resumes = 0.0, []
+    else:
+        model, evaluation, train_seconds, resumes = resumed
+    callbacks: list[BaseCallback] = [evaluation]
+    if spec.checkpoint_dir is not None:
+        assert spec.checkpoint_every is not None
+        callbacks.append(_RunCheckpoints(spec, evaluation, train_seconds, resumes))
     start = time.perf_counter()
-    model.learn(spec.timesteps, callback=evaluation)
+    if resumed is None:
+        model.learn(spec.timesteps, callback=callbacks)
+    else:
+        learn_remaining(model, callback=callbacks)
     learn_seconds = time.perf_counter() - start
-    eval_env.close()
+    evaluation.eval_env.close()
     model.env.close()
-    train_seconds = learn_seconds - evaluation.seconds_after_start
+    saving = callbacks[1].seconds if len(callbacks) > 1 else 0.0  # type: ignore[attr-defined]
+    train_seconds += learn_seconds - evaluation.seconds_after_start - saving
     returns = [float(np.mean(episodes)) for episodes in evaluation.episode_returns]
-    return dict(
+    result = dict(
         algo=spec.algo,
         env=spec.env_id,
         seed=spec.seed,
@@ -530,6 +581,114 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         versions=_versions(),
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+    if resumes:
+        result["resumed"] = resumes
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def _progress_file(folder: Path) -> Path:
+    """The evaluations and timings that go with the checkpoint ``folder`` (a file beside it)."""
+    return folder.parent / f"progress-{checkpoint_timesteps(folder):012d}.pkl"
+
+
+def _checkpointed_settings(checkpoint_dir: Path) -> list[Any]:
+    """The settings recorded with each checkpoint in ``checkpoint_dir`` (none if there are none)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = []
+    for path in sorted(checkpoint_dir.glob("progress-*.pkl")):
+        try:
+            found.append(cloudpickle.loads(path.read_bytes())["settings"])
+        except Exception:  # noqa: BLE001 - a half-written or foreign file: never resumed from
+            continue
+    return found
+
+
+class _RunCheckpoints(ResumableCheckpointCallback):
+    """
+    :class:`~sb3_dqn_ext.checkpoints.ResumableCheckpointCallback` for one comparison run: each checkpoint gets a
+    progress file beside it with the evaluations so far, the training time so far and the evaluation env (pickled
+    when it can be), written before the checkpoint itself so that a checkpoint never lacks its progress file.
+    """
+
+    def __init__(self, spec: RunSpec, evaluation: _PeriodicEvaluation, train_seconds: float, resumes: list[dict]):
+        assert spec.checkpoint_dir is not None and spec.checkpoint_every is not None
+        super().__init__(spec.checkpoint_every, spec.checkpoint_dir, keep_last=2)
+        self.spec, self.evaluation = spec, evaluation
+        self.train_seconds_before, self.resumes = train_seconds, resumes
+        self.seconds = 0.0  # time spent saving, taken out of the training time
+        self.start = time.perf_counter()
+
+    def _save(self) -> None:
+        begin = time.perf_counter()
+        evaluation = self.evaluation
+        try:
+            eval_env = cloudpickle.dumps(evaluation.eval_env)
+        except Exception:  # noqa: BLE001 - e.g. Box2D's envs: a resumed run gets a new, seeded one
+            eval_env = None
+        train_seconds = self.train_seconds_before + (begin - self.start) - evaluation.seconds_after_start - self.seconds
+        progress = dict(
+            settings=self.spec.settings(),
+            num_timesteps=int(self.model.num_timesteps),
+            steps=list(evaluation.steps),
+            episode_returns=[list(r) for r in evaluation.episode_returns],
+            eval_seconds=evaluation.seconds,
+            train_seconds=train_seconds,
+            eval_env=eval_env,
+            resumes=list(self.resumes),
+        )
+        folder = Path(self.spec.checkpoint_dir)  # type: ignore[arg-type]
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"progress-{self.model.num_timesteps:012d}.pkl"
+        temporary = target.with_suffix(f".tmp{os.getpid()}")
+        temporary.write_bytes(cloudpickle.dumps(progress))
+        os.replace(temporary, target)
+        super()._save()
+        kept = {_progress_file(path) for _, path in _checkpoint_folders(folder)}
+        for path in folder.glob("progress-*.pkl"):
+            if path not in kept:
+                path.unlink(missing_ok=True)
+        self.seconds += time.perf_counter() - begin
+
+    def _on_training_end(self) -> None:
+        """No checkpoint of a finished run: its result is saved instead."""
+
+
+def _resume(spec: RunSpec) -> tuple[BaseAlgorithm, _PeriodicEvaluation, float, list[dict]] | None:
+    """The run rebuilt from its newest checkpoint that has its progress file, or ``None`` when there is none."""
+    folder = Path(spec.checkpoint_dir)  # type: ignore[arg-type]
+    if not folder.is_dir():
+        return None
+    for _, checkpoint in reversed(_checkpoint_folders(folder)):
+        try:
+            progress = cloudpickle.loads(_progress_file(checkpoint).read_bytes())
+        except Exception:  # noqa: BLE001 - no (complete) progress file: an older checkpoint, or start over
+            continue
+        if progress["settings"] != spec.settings():
+            continue
+        steps = progress["num_timesteps"]
+        try:
+            model = resume_from_checkpoint(checkpoint, device=spec.device)
+            env_restored = True
+        except ScratchDQNError:  # the env could not be saved with the checkpoint (e.g. Box2D): new episodes
+            env = make_env(spec.env_id, seed=spec.seed + RESUME_SEED_OFFSET + steps)
+            model = resume_from_checkpoint(checkpoint, env=env, device=spec.device)
+            env_restored = False
+        if progress["eval_env"] is not None:
+            eval_env = cloudpickle.loads(progress["eval_env"])
+        else:
+            eval_env = make_env(spec.env_id, seed=spec.seed + EVAL_SEED_OFFSET + RESUME_SEED_OFFSET + steps)
+        evaluation = _PeriodicEvaluation(eval_env, spec.eval_freq, spec.n_eval_episodes, spec.timesteps)
+        evaluation.steps = list(progress["steps"])
+        evaluation.episode_returns = [list(r) for r in progress["episode_returns"]]
+        evaluation.seconds = progress["eval_seconds"]
+        resumes = [
+            *progress["resumes"],
+            dict(at=steps, env_restored=env_restored, eval_env_restored=progress["eval_env"] is not None),
+        ]
+        return model, evaluation, progress["train_seconds"], resumes
+    return None
 
 
 class _PeriodicEvaluation(BaseCallback):
@@ -645,6 +804,8 @@ def execute(runs: Sequence[RunSpec], config: ComparisonConfig) -> tuple[int, lis
                     bar.write(f"FAILED {failures[-1]}")
                 else:
                     save_run(run.path(config.out), result)
+                    if run.checkpoint_dir is not None:  # the result is saved: its checkpoints are not needed
+                        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
                     done += 1
                     bar.set_postfix_str(f"{run.algo} {run.env_id} seed {run.seed}: {result['final_return']:.1f}")
                 bar.update()

@@ -1,12 +1,17 @@
 """The compare command: hyperparameters per algorithm, aggregation, resumable parallel runs, Dask, input errors."""
 
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 import pytest
+import torch as th
+from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_dqn_ext import PrioritizedReplayBuffer, cli
 from sb3_dqn_ext.compare import (
@@ -15,6 +20,7 @@ from sb3_dqn_ext.compare import (
     CompareError,
     ComparisonConfig,
     RunSpec,
+    _PeriodicEvaluation,
     hyperparameters,
     plan,
     reference_table,
@@ -306,6 +312,119 @@ def test_saved_runs_made_with_other_settings_are_refused(tmp_path, tiny_yaml):
     save_run(spec.path(tmp_path), dict(settings=other.settings()))
     with pytest.raises(CompareError, match="other settings than this command's .timesteps: 2000 there, 1000 here"):
         plan(config)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def _stop_at(monkeypatch, step):
+    """Make the next run raise KeyboardInterrupt at env step ``step`` (as a killed worker would stop)."""
+    original = _PeriodicEvaluation._on_step
+
+    def on_step(self):
+        if self.num_timesteps == step:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(_PeriodicEvaluation, "_on_step", on_step)
+
+
+def _fingerprint_weights(monkeypatch):
+    """Record, at every evaluation of the runs that follow, the step and the bytes of the model's weights."""
+    seen = []
+    original = _PeriodicEvaluation.evaluate
+
+    def evaluate(self, model, step):
+        weights = th.cat([p.detach().reshape(-1) for p in model.policy.parameters()])
+        seen.append((step, weights.numpy().tobytes()))
+        return original(self, model, step)
+
+    monkeypatch.setattr(_PeriodicEvaluation, "evaluate", evaluate)
+    return seen
+
+
+def test_a_run_stopped_midway_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(
+    tmp_path, tiny_yaml, monkeypatch, capsys
+):
+    config = ComparisonConfig(envs=["CartPole-v1"], algos=["scratch_dqn"], seeds=1, timesteps=1000, eval_freq=250,
+                              n_eval_episodes=2, out=tmp_path / "plain", hyperparams=str(tiny_yaml))  # fmt: skip
+    (plain,) = plan(config)
+    weights = _fingerprint_weights(monkeypatch)
+    uninterrupted = run_one(plain)
+    uninterrupted_weights = dict(weights)
+    assert "resumed" not in uninterrupted and len(uninterrupted_weights) == 5
+
+    out = tmp_path / "checkpointed"
+    (spec,) = plan(replace(config, out=out, checkpoint_every=300))
+    assert spec.settings() == plain.settings()  # checkpointing does not change what a run is
+    _stop_at(monkeypatch, 700)
+    with pytest.raises(KeyboardInterrupt):
+        run_one(spec)
+    folder = Path(spec.checkpoint_dir)
+    # checkpoints at the first rollout start at or after each multiple of 300, each with its progress file
+    assert sorted(p.name for p in folder.glob("progress-*.pkl")) == [
+        "progress-000000000300.pkl",
+        "progress-000000000600.pkl",
+    ]
+    assert sorted(p.name for p in folder.glob("ckpt-*")) == ["ckpt-000000000300", "ckpt-000000000600"]
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+
+    # resumed at 600: the weights at the evaluations of 750 and 1000 are bitwise the uninterrupted run's
+    monkeypatch.undo()
+    weights = _fingerprint_weights(monkeypatch)
+    resumed = run_one(spec)
+    assert [step for step, _ in weights] == [750, 1000]
+    assert all(uninterrupted_weights[step] == value for step, value in weights)
+    assert resumed["resumed"] == [dict(at=600, env_restored=True, eval_env_restored=True)]
+    for key in ("steps", "episode_returns", "settings"):
+        assert resumed[key] == uninterrupted[key]
+    assert 0 < resumed["train_seconds"]
+    monkeypatch.undo()
+
+    # the command resumes it too (in a worker process), saves the result and deletes the checkpoints
+    compare_cli("--algos", "scratch_dqn", "--seeds", 1, "--workers", 1, "--out", copy, "--hyperparams", tiny_yaml,
+                *TINY_RUN[:2], "--eval-freq", 250, "--n-eval-episodes", 2, "--checkpoint-every", 300)  # fmt: skip
+    assert "1 runs: 0 saved" in capsys.readouterr().out
+    saved = json.loads(spec.path(copy).read_text())
+    assert saved["resumed"] == resumed["resumed"] and saved["episode_returns"] == uninterrupted["episode_returns"]
+    assert not (copy / "checkpoints" / "CartPole-v1" / "scratch_dqn" / "seed_0").exists()
+
+
+def test_a_run_whose_envs_cannot_be_saved_resumes_on_new_seeded_envs(tmp_path, tiny_yaml, monkeypatch):
+    # e.g. LunarLander's Box2D worlds do not pickle: the checkpoint holds no env, the resumed run gets new ones
+    config = ComparisonConfig(envs=["CartPole-v1"], algos=["sb3_dqn"], seeds=1, timesteps=1000, eval_freq=250,
+                              n_eval_episodes=2, out=tmp_path, hyperparams=str(tiny_yaml),
+                              checkpoint_every=500)  # fmt: skip
+    (spec,) = plan(config)
+    dumps = cloudpickle.dumps
+
+    def no_envs(value, *args, **kwargs):
+        if isinstance(value, VecEnv):
+            raise TypeError("cannot pickle this env")
+        return dumps(value, *args, **kwargs)
+
+    monkeypatch.setattr(cloudpickle, "dumps", no_envs)
+    _stop_at(monkeypatch, 800)
+    with pytest.warns(UserWarning, match="does not hold the env"), pytest.raises(KeyboardInterrupt):
+        run_one(spec)
+    monkeypatch.undo()
+    result = run_one(spec)
+    assert result["resumed"] == [dict(at=500, env_restored=False, eval_env_restored=False)]
+    assert result["steps"] == [0, 250, 500, 750, 1000] and len(result["episode_returns"]) == 5
+
+
+def test_checkpoints_made_with_other_settings_are_refused(tmp_path, tiny_yaml):
+    config = ComparisonConfig(envs=["CartPole-v1"], algos=["scratch_dqn"], seeds=1, timesteps=1000, eval_freq=500,
+                              n_eval_episodes=2, out=tmp_path, hyperparams=str(tiny_yaml),
+                              checkpoint_every=300)  # fmt: skip
+    (spec,) = plan(config)
+    other = RunSpec(**{**spec.__dict__, "eval_freq": 100})
+    folder = Path(spec.checkpoint_dir)
+    folder.mkdir(parents=True)
+    (folder / "progress-000000000300.pkl").write_bytes(cloudpickle.dumps(dict(settings=other.settings())))
+    with pytest.raises(CompareError, match="checkpoints in .* other settings than this command's .eval_freq: 100"):
+        plan(config)
+    with pytest.raises(CompareError, match="--checkpoint-every must be > 0"):
+        plan(replace(config, checkpoint_every=0))
 
 
 def test_docs_print_the_registry_and_the_reference_scores():
