@@ -50,6 +50,7 @@ import cloudpickle
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from gymnasium.utils import EzPickle
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
@@ -179,7 +180,26 @@ def latest_checkpoint(save_path: str | os.PathLike) -> Path | None:
 
 
 def _pickle_env(model: BaseAlgorithm) -> tuple[bytes | None, str | None]:
-    env = model.get_env()
+    return pickle_vec_env(model.get_env())
+
+
+def pickle_vec_env(env: Any) -> tuple[bytes | None, str | None]:
+    """
+    ``(bytes, None)``: the env pickled with its episodes in progress; ``(None, why)`` where it cannot be. An env
+    that pickles only its constructor arguments (gymnasium's ``EzPickle``: the Box2D envs, ale-py's Atari envs)
+    would come back new and not reset, so it counts as one that cannot be pickled.
+
+    :param env: a VecEnv
+    """
+    try:
+        state_lost = [type(e).__name__ for e in env.get_attr("unwrapped") if isinstance(e, EzPickle)]
+    except Exception:  # noqa: BLE001 - an env without get_attr: pickled as it is
+        state_lost = []
+    if state_lost:
+        return None, (
+            f"{state_lost[0]} pickles only its constructor arguments (gymnasium's EzPickle), not the state of its "
+            "episodes"
+        )
     try:
         return cloudpickle.dumps(env), None
     except Exception as error:  # noqa: BLE001 - any env that does not pickle (processes, sockets, renderers)

@@ -29,6 +29,7 @@ import platform
 import shutil
 import socket
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -52,6 +53,7 @@ from sb3_dqn_ext.checkpoints import (
     _checkpoint_folders,
     checkpoint_timesteps,
     learn_remaining,
+    pickle_vec_env,
     resume_from_checkpoint,
 )
 from sb3_dqn_ext.errors import ScratchDQNError
@@ -623,10 +625,7 @@ class _RunCheckpoints(ResumableCheckpointCallback):
     def _save(self) -> None:
         begin = time.perf_counter()
         evaluation = self.evaluation
-        try:
-            eval_env = cloudpickle.dumps(evaluation.eval_env)
-        except Exception:  # noqa: BLE001 - e.g. Box2D's envs: a resumed run gets a new, seeded one
-            eval_env = None
+        eval_env, _ = pickle_vec_env(evaluation.eval_env)  # (None, e.g. for Box2D: a resumed run gets a new one)
         train_seconds = self.train_seconds_before + (begin - self.start) - evaluation.seconds_after_start - self.seconds
         progress = dict(
             settings=self.spec.settings(),
@@ -644,7 +643,9 @@ class _RunCheckpoints(ResumableCheckpointCallback):
         temporary = target.with_suffix(f".tmp{os.getpid()}")
         temporary.write_bytes(cloudpickle.dumps(progress))
         os.replace(temporary, target)
-        super()._save()
+        with warnings.catch_warnings():  # an env that cannot be saved is recorded when the run resumes
+            warnings.filterwarnings("ignore", message="the checkpoint does not hold the env")
+            super()._save()
         kept = {_progress_file(path) for _, path in _checkpoint_folders(folder)}
         for path in folder.glob("progress-*.pkl"):
             if path not in kept:

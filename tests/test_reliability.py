@@ -24,8 +24,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from envs import DictChain, make_chain
+from envs import ChainMDP, DictChain, make_chain
 from gymnasium import spaces
+from gymnasium.utils import EzPickle
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -356,6 +357,22 @@ def test_env_that_does_not_pickle_needs_env_to_resume(tmp_path):
     with pytest.raises(ScratchDQNError, match="env="):
         resume_from_checkpoint(tmp_path)
     assert resume_from_checkpoint(tmp_path, env=Locked(make_chain())).num_timesteps == 100
+
+
+def test_env_that_pickles_only_its_constructor_arguments_needs_env_to_resume(tmp_path):
+    """gymnasium's EzPickle envs (Box2D, Atari) would unpickle new and not reset: not saved as if they held state."""
+
+    class EzChain(ChainMDP, EzPickle):
+        def __init__(self):
+            ChainMDP.__init__(self)
+            EzPickle.__init__(self)
+
+    model = ScratchDQN("MlpPolicy", gym.wrappers.TimeLimit(EzChain(), 20), **SMALL).learn(100)
+    with pytest.warns(UserWarning, match="EzChain pickles only its constructor arguments"):
+        save_checkpoint(model, tmp_path)
+    with pytest.raises(ScratchDQNError, match="env="):
+        resume_from_checkpoint(tmp_path)
+    assert resume_from_checkpoint(tmp_path, env=make_chain()).num_timesteps == 100
 
 
 # ----------------------------------------------------------------------------------------------------- bad checkpoints
