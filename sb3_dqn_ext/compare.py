@@ -656,6 +656,17 @@ class _RunCheckpoints(ResumableCheckpointCallback):
         """No checkpoint of a finished run: its result is saved instead."""
 
 
+def _remove_empty_parents(folder: Path, stop: Path) -> None:
+    """Remove ``folder``'s parents up to (not including) ``stop`` while they are empty (``checkpoints/ENV/ALGO``)."""
+    for parent in folder.parents:
+        if parent == stop or stop not in parent.parents:
+            return
+        try:
+            parent.rmdir()  # only an empty folder: another run's checkpoints stay
+        except OSError:
+            return
+
+
 def _resume(spec: RunSpec) -> tuple[BaseAlgorithm, _PeriodicEvaluation, float, list[dict]] | None:
     """The run rebuilt from its newest checkpoint that has its progress file, or ``None`` when there is none."""
     folder = Path(spec.checkpoint_dir)  # type: ignore[arg-type]
@@ -807,6 +818,7 @@ def execute(runs: Sequence[RunSpec], config: ComparisonConfig) -> tuple[int, lis
                     save_run(run.path(config.out), result)
                     if run.checkpoint_dir is not None:  # the result is saved: its checkpoints are not needed
                         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+                        _remove_empty_parents(Path(run.checkpoint_dir), stop=config.out.resolve())
                     done += 1
                     bar.set_postfix_str(f"{run.algo} {run.env_id} seed {run.seed}: {result['final_return']:.1f}")
                 bar.update()

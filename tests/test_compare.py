@@ -387,7 +387,7 @@ def test_a_run_stopped_midway_resumes_from_its_checkpoint_and_ends_as_if_never_s
     assert "1 runs: 0 saved" in capsys.readouterr().out
     saved = json.loads(spec.path(copy).read_text())
     assert saved["resumed"] == resumed["resumed"] and saved["episode_returns"] == uninterrupted["episode_returns"]
-    assert not (copy / "checkpoints" / "CartPole-v1" / "scratch_dqn" / "seed_0").exists()
+    assert not (copy / "checkpoints").exists()  # nor its empty parent folders
 
 
 def test_a_run_whose_envs_cannot_be_saved_resumes_on_new_seeded_envs(tmp_path, tiny_yaml, monkeypatch):
