@@ -271,24 +271,29 @@ def breakdown_table(config: Config, algos: dict[str, type]) -> list[str]:
 
 def op_profile(config: Config, top: int = 15) -> list[str]:
     """
-    Markdown rows: the torch ops where one ScratchDQN run of ``config`` spends its time (``torch.profiler``, CPU,
-    self time: a composite op such as ``aten::linear`` counts only its own dispatch, the ``aten::addmm`` it calls
-    counts apart), the ``top`` largest, all ops together, and what is left of the wall time outside any torch op
-    (Python, the environment, NumPy). The profiler adds its own cost to every op, so the shares are approximate and
-    the wall time is longer than an unprofiled run's.
+    Markdown rows: the torch ops where the last quarter of one ScratchDQN run of ``config`` spends its time
+    (``torch.profiler``, CPU, self time: a composite op such as ``aten::linear`` counts only its own dispatch, the
+    ``aten::addmm`` it calls counts apart), the ``top`` largest, all ops together, and what is left of the wall time
+    outside any torch op (Python, the environment, NumPy). The profiler adds its own cost to every op, so the shares
+    are approximate and the wall time is longer than an unprofiled run's.
     """
     from torch.profiler import ProfilerActivity, profile
 
     env = config.env()
     model = ScratchDQN(config.policy, env, seed=0, verbose=0, **{**config.kwargs, **config.scratch_only_kwargs})
+    # the profiler keeps every op's event: a whole Rainbow run ran out of 24 GB, so only the run's last quarter is
+    # profiled (after the first three quarters, unprofiled: updates under way, as in the rest of the run)
+    model.learn(config.timesteps - config.timesteps // 4)
+    steps_before, updates_before = model.num_timesteps, model._n_updates
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        model.learn(config.timesteps)
+        model.learn(config.timesteps // 4, reset_num_timesteps=False)
         wall = time.perf_counter() - start
     env.close()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    del prof
     total = sum(e.self_cpu_time_total for e in events) / 1e6  # (µs → s)
-    updates = max(model._n_updates, 1)
+    updates = max(model._n_updates - updates_before, 1)
     rows = [
         f"| {config.name}: torch op (self time) | calls / gradient step | µs / call | ms total | % of wall |",
         "|---|---:|---:|---:|---:|",
@@ -304,7 +309,8 @@ def op_profile(config: Config, top: int = 15) -> list[str]:
         f"{100 * (wall - total) / wall:.1f}% |"
     )
     rows.append(
-        f"| profiled wall ({model.num_timesteps} env steps, {updates} gradient steps) | | | {wall * 1e3:.0f} | 100% |"
+        f"| profiled wall (the last {model.num_timesteps - steps_before} env steps, {updates} gradient steps) | | | "
+        f"{wall * 1e3:.0f} | 100% |"
     )
     return rows
 
@@ -408,7 +414,8 @@ def main() -> None:
     parser.add_argument(
         "--profile-ops",
         action="store_true",
-        help="also profile one ScratchDQN run per configuration with torch.profiler (top ops by self time)",
+        help="also profile the last quarter of one ScratchDQN run per configuration with torch.profiler (top ops by "
+        "self time)",
     )
     args = parser.parse_args()
     if (args.breakdown or args.profile_ops) and th.device(args.device).type != "cpu":
