@@ -496,7 +496,11 @@ def main() -> None:
             *breakdowns,
         ]
     if profiles:
-        lines += ["", "Torch ops where ScratchDQN's time goes (one profiled run per configuration):", *profiles]
+        lines += [
+            "",
+            "Torch ops where ScratchDQN's time goes (the last quarter of one profiled run per configuration):",
+            *profiles,
+        ]
     report = "\n".join(lines)
     print()
     print(report)
