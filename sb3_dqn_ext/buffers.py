@@ -254,6 +254,39 @@ class ReplayBuffer(BaseBuffer):
         batch_inds = (np.random.randint(0, count, size=batch_size) + low) % self.buffer_size
         return self._get_samples(batch_inds, env=env)
 
+    def _observation_row_nbytes(self) -> int:
+        """Bytes of one stored observation (every key of a Dict observation)."""
+        stores = self.observations.values() if self.is_dict else [self.observations]  # type: ignore[union-attr]
+        return sum(store[0, 0].nbytes for store in stores)  # type: ignore[index]
+
+    def _sample_batches(
+        self, n_batches: int, batch_size: int, env: VecNormalize | None = None
+    ) -> ReplayBufferSamples | DictReplayBufferSamples | DQNReplayBufferSamples:
+        """
+        ``n_batches`` uniform minibatches gathered at once: the rows that ``n_batches`` calls of :meth:`sample` would
+        draw, from the same random numbers in the same order, returned as one batch whose ``k``-th block of
+        ``batch_size`` rows is the ``k``-th minibatch. (Uniform sampling only: it does not apply to subclasses that
+        sample differently, such as :class:`PrioritizedReplayBuffer`.)
+
+        :param n_batches: number of minibatches
+        :param batch_size: rows per minibatch
+        :param env: associated VecNormalize env, to normalize the observations/rewards when sampling
+        """
+        low, count = self._valid_rows()
+        if count < 1:
+            raise ScratchDQNError("cannot sample from an empty replay buffer")
+        if self.n_envs == 1:
+            # one call draws what n_batches calls draw (numpy's legacy randint consumes the stream value by value)
+            batch_inds = (np.random.randint(0, count, size=n_batches * batch_size) + low) % self.buffer_size
+            return self._get_samples(batch_inds, env=env)
+        # several envs: each minibatch draws its rows, then its envs, as sample() does
+        draws = [
+            (np.random.randint(0, count, size=batch_size), np.random.randint(0, high=self.n_envs, size=(batch_size,)))
+            for _ in range(n_batches)
+        ]
+        batch_inds = (np.concatenate([rows for rows, _ in draws]) + low) % self.buffer_size
+        return self._get_samples(batch_inds, env=env, env_indices=np.concatenate([envs for _, envs in draws]))
+
     def _get_samples(
         self, batch_inds: np.ndarray, env: VecNormalize | None = None, env_indices: np.ndarray | None = None
     ) -> ReplayBufferSamples | DictReplayBufferSamples | DQNReplayBufferSamples:

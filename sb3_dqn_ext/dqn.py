@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import pathlib
 import warnings
+from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -58,6 +59,22 @@ from sb3_dqn_ext.validation import (
 )
 
 SelfScratchDQN = TypeVar("SelfScratchDQN", bound="ScratchDQN")
+
+# observations (s and s') gathered at once for the minibatches of one train() call, at most (see _minibatches)
+_PREFETCH_BYTES = 32 * 2**20
+
+
+def _rows(samples: Any, start: int, stop: int) -> Any:
+    """Rows ``[start, stop)`` of every field of a sampled batch (views, no copy)."""
+
+    def cut(field: Any) -> Any:
+        if field is None:
+            return None
+        if isinstance(field, dict):
+            return {key: value[start:stop] for key, value in field.items()}
+        return field[start:stop]
+
+    return type(samples)(*(cut(field) for field in samples))
 
 
 def categorical_projection(atoms: th.Tensor, probs: th.Tensor, support: th.Tensor) -> th.Tensor:
@@ -532,6 +549,55 @@ class ScratchDQN(OffPolicyAlgorithm):
         return action if vectorized else action[0]
 
     # ------------------------------------------------------------------------------------------------ learning
+    def _discounts_and_masks(self, data: Any) -> tuple[th.Tensor | float, th.Tensor | None]:
+        """``γ^n`` per sample for n-step returns (``γ`` otherwise) and the legal actions of ``s'`` (``None``: all)."""
+        discounts = data.discounts if data.discounts is not None else self.gamma
+        masks = getattr(data, "next_action_masks", None)
+        if masks is not None:
+            # a terminal state may have no legal action; its value is multiplied by 0 anyway
+            masks = masks | ~masks.any(dim=1, keepdim=True)
+        return discounts, masks
+
+    @th.no_grad()
+    def _td_target(self, data: Any) -> th.Tensor:
+        """The TD target ``y = r + γ^n (1 − terminated) Q_target(s', a*)`` of each sampled transition."""
+        discounts, masks = self._discounts_and_masks(data)
+        return data.rewards + discounts * (1 - data.dones) * self._next_q_values(data.next_observations, masks)
+
+    def _minibatches(self, gradient_steps: int, batch_size: int) -> Iterator[tuple[Any, th.Tensor | None]]:
+        """
+        The minibatch of each gradient step, with its TD targets where they can be computed ahead (else ``None``).
+
+        With this library's uniform :class:`ReplayBuffer` the minibatches of several gradient steps are drawn with
+        the random numbers that one ``sample()`` per step would draw, and gathered in one pass (up to
+        ``_PREFETCH_BYTES`` of observations at a time). Where the target network alone gives ``Q_target(s', a*)``
+        (no ``double_q``, no noisy or C51 heads, target not in training mode), nothing changes it between gradient
+        steps of one ``train()`` call, so the TD targets of those minibatches come from one forward pass. Each row
+        goes through the same ops; the results are bitwise the per-step ones where the BLAS computes a matrix
+        product's rows independently of the number of rows, as on the CPUs the tests run on (they compare with SB3's
+        DQN bitwise); elsewhere only low-order bits could differ. Any other buffer is sampled once per gradient step,
+        as SB3 does.
+        """
+        buffer = self.replay_buffer
+        env = self._vec_normalize_env
+        if type(buffer) is not ReplayBuffer:  # prioritized replay, a subclass or another buffer class: per step
+            for _ in range(gradient_steps):
+                yield buffer.sample(batch_size, env=env), None  # type: ignore[union-attr]
+            return
+        per_batch = max(batch_size * buffer._observation_row_nbytes() * 2, 1)
+        chunk = max(1, min(gradient_steps, _PREFETCH_BYTES // per_batch))
+        ahead = not (self.double_q or self._noisy or self._distributional or self.q_net_target.training)
+        for first in range(0, gradient_steps, chunk):
+            n_batches = min(chunk, gradient_steps - first)
+            data = buffer._sample_batches(n_batches, batch_size, env=env)
+            td_target = self._td_target(data) if ahead else None
+            for k in range(n_batches):
+                start, stop = k * batch_size, (k + 1) * batch_size
+                yield (
+                    _rows(data, start, stop),
+                    None if td_target is None else td_target[start:stop],
+                )
+
     def _next_q_values(self, next_observations: Any, masks: th.Tensor | None) -> th.Tensor:
         """
         ``Q_target(s', a*)``: ``a* = argmax_a Q_target(s', a)``, or ``argmax_a Q(s', a)`` with ``double_q``; the
@@ -594,28 +660,18 @@ class ScratchDQN(OffPolicyAlgorithm):
         fast = flat if isinstance(flat, FlatMLPAdam) and flat.mlp_ready() else None
 
         losses, td_errors, weights_mean = [], [], []
-        for _ in range(gradient_steps):
-            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            # γ^n for n-step returns (per sample where the window was cut), γ otherwise
-            discounts = data.discounts if data.discounts is not None else self.gamma
-            masks = getattr(data, "next_action_masks", None)
-            if masks is not None:
-                # a terminal state may have no legal action; its value is multiplied by 0 anyway
-                masks = masks | ~masks.any(dim=1, keepdim=True)
+        for data, td_target in self._minibatches(gradient_steps, batch_size):
             if self._noisy:
                 self.q_net.reset_noise()
                 self.q_net_target.reset_noise()
 
             weights = data.weights.reshape(-1) if prioritized else None  # importance-sampling weights
             if self._distributional:
-                per_sample_loss, priority = self._categorical_loss(data, discounts, masks)
+                per_sample_loss, priority = self._categorical_loss(data, *self._discounts_and_masks(data))
                 loss = (per_sample_loss if weights is None else weights * per_sample_loss).mean()
             else:
-                with th.no_grad():
-                    # TD target: y = r + γ^n (1 − terminated) Q_target(s', a*)
-                    td_target = data.rewards + discounts * (1 - data.dones) * self._next_q_values(
-                        data.next_observations, masks
-                    )
+                if td_target is None:
+                    td_target = self._td_target(data)  # y = r + γ^n (1 − terminated) Q_target(s', a*)
                 if fast is not None:
                     # minimise (w ·) huber(Q(s, a; θ) − y): forward, backward, clipping and Adam in one call
                     features = self.q_net._features(data.observations)

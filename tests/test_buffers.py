@@ -221,3 +221,53 @@ def test_to_torch_shares_memory_on_cpu_and_copies_what_from_numpy_cannot_take():
         assert th.equal(buffer.to_torch(read_only, copy=False), th.tensor(array))
     for dtype in (np.bool_, np.uint8, np.int64, np.float64):
         assert buffer.to_torch(np.zeros(2, dtype=dtype), copy=False).numpy().dtype == dtype
+
+
+@pytest.mark.parametrize(
+    "n_envs, kwargs",
+    [
+        (1, {}),
+        (2, {}),
+        (2, dict(n_steps=3, gamma=0.9)),
+        (1, dict(optimize_memory_usage=True, handle_timeout_termination=False)),
+    ],
+)
+def test_batches_gathered_at_once_are_the_per_step_samples(n_envs, kwargs):
+    # ScratchDQN.train() gathers the minibatches of several gradient steps at once: the k-th block must be the
+    # k-th of as many sample() calls, and numpy's generator must end where those calls leave it
+    buffer = ReplayBuffer(30, OBS, ACT, device="cpu", n_envs=n_envs, **kwargs)
+    buffer.enable_action_masks(ACT.n)
+    rng = np.random.default_rng(1)
+    for _ in range(50):  # wraps around: full buffer
+        done = rng.random(n_envs) < 0.2
+        _add(buffer, rng.normal(size=n_envs), rng.normal(size=n_envs), rng.normal(size=n_envs), done, done & False)
+    buffer.next_action_masks[...] = rng.random(buffer.next_action_masks.shape) < 0.5
+    np.random.seed(7)
+    per_step = [buffer.sample(8) for _ in range(5)]
+    after = np.random.rand()
+    np.random.seed(7)
+    at_once = buffer._sample_batches(5, 8)
+    assert np.random.rand() == after
+    for k, batch in enumerate(per_step):
+        for name, field in batch._asdict().items():
+            whole = getattr(at_once, name)
+            if field is None:
+                assert whole is None, name
+            else:
+                assert th.equal(whole[8 * k : 8 * (k + 1)], field), name
+
+
+def test_batches_gathered_at_once_with_dict_observations():
+    space = spaces.Dict({"a": spaces.Box(-1, 1, (2,), np.float32), "b": spaces.Discrete(4)})
+    buffer = ReplayBuffer(20, space, ACT, device="cpu")
+    assert buffer._observation_row_nbytes() == 2 * 4 + 8  # float32 pair + int64
+    for i in range(12):
+        obs = {"a": np.full((1, 2), i, dtype=np.float32), "b": np.array([i % 4])}
+        buffer.add(obs, obs, np.zeros(1), np.zeros(1), np.zeros(1), [{}])
+    np.random.seed(2)
+    per_step = [buffer.sample(4) for _ in range(3)]
+    np.random.seed(2)
+    at_once = buffer._sample_batches(3, 4)
+    for k, batch in enumerate(per_step):
+        for key in ("a", "b"):
+            assert th.equal(at_once.observations[key][4 * k : 4 * (k + 1)], batch.observations[key])

@@ -1,8 +1,9 @@
 """
 The speed paths compute exactly what the plain module calls compute: the per-layer fast path of the Q-network
-(checked against the same network run through ``nn.Module.__call__``, forced by a hook), and the multi-tensor Adam
-default, the direct gradient clipping and the soft target update (checked bitwise against SB3's DQN, which uses
-PyTorch's per-tensor Adam on CPU, ``clip_grad_norm_`` and ``polyak_update``).
+(checked against the same network run through ``nn.Module.__call__``, forced by a hook), the multi-tensor Adam
+default, the direct gradient clipping, the soft target update and the minibatches (and TD targets) of several
+gradient steps gathered at once (checked bitwise against SB3's DQN, which uses PyTorch's per-tensor Adam on CPU,
+``clip_grad_norm_`` and ``polyak_update`` and samples once per gradient step, or against our own per-step path).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import DQN
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
 from torch import nn
 
-from sb3_dqn_ext import ScratchDQN
+from sb3_dqn_ext import ReplayBuffer, ScratchDQN
+from sb3_dqn_ext import dqn as dqn_module
 
 POLICY_KWARGS = {
     "plain": dict(net_arch=[32, 32]),
@@ -107,6 +110,7 @@ def test_adam_defaults_to_multi_tensor_and_keeps_user_choices():
         dict(gradient_steps=3, policy_kwargs=dict(net_arch=[128, 128])),
         dict(tau=0.5),
         dict(max_grad_norm=0.05),  # clipping active at every step
+        dict(gradient_steps=8, tau=0.7),  # minibatches and TD targets of 8 gradient steps gathered at once
     ],
 )
 def test_fast_paths_keep_sb3_numbers_bitwise(kwargs):
@@ -178,3 +182,58 @@ def test_replaced_dueling_stream_is_used():
     nn.init.constant_(model.q_net.value_stream[0].bias, 100.0)
     # Q = V + A − mean(A): with V = 100 the mean over actions of Q is exactly 100
     assert th.allclose(model.q_net(obs).mean(dim=1), th.full((2,), 100.0))
+
+
+def test_minibatches_gathered_at_once_with_two_envs_are_sb3s():
+    # two envs: rows and env indices are drawn per minibatch, interleaved, as SB3 draws them
+    common = dict(learning_starts=64, train_freq=4, gradient_steps=5, target_update_interval=40, batch_size=16, seed=3)
+    ours = ScratchDQN("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=3), **common).learn(600)
+    theirs = DQN("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=3), **common).learn(600)
+    assert ours._n_updates == theirs._n_updates > 0
+    for a, b in zip(ours.policy.parameters(), theirs.policy.parameters(), strict=True):
+        assert th.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(double_q=True, n_steps=3),  # minibatches at once, TD targets per step (the online net changes)
+        dict(policy_kwargs=dict(net_arch=[16], noisy=True)),  # ... (the target's noise changes)
+        dict(policy_kwargs=dict(net_arch=[16], dueling=True, noisy=True, n_atoms=11, v_min=0.0, v_max=50.0)),
+        dict(policy_kwargs=dict(net_arch=[16], dueling=True), tau=0.5),
+    ],
+)
+def test_minibatches_gathered_at_once_equal_one_per_step(monkeypatch, kwargs):
+    # _PREFETCH_BYTES = 1: one minibatch per gather, i.e. one sample() and one target forward per gradient step;
+    # 3 * 4 * 32 bytes: 3 minibatches of 4 CartPole transitions (16 bytes per observation, s and s') at a time,
+    # then the rest
+    common = dict(learning_starts=64, train_freq=8, gradient_steps=7, target_update_interval=40, batch_size=4, seed=4)
+    common["learning_rate"] = 0.05  # large steps: the online network's greedy actions change within one call
+    results = []
+    for limit in (1, 3 * 4 * 32, 10**9):
+        monkeypatch.setattr(dqn_module, "_PREFETCH_BYTES", limit)
+        results.append(ScratchDQN("MlpPolicy", "CartPole-v1", **common, **kwargs).learn(500))
+    for model in results[1:]:
+        assert model._n_updates == results[0]._n_updates > 0
+        for a, b in zip(model.policy.parameters(), results[0].policy.parameters(), strict=True):
+            assert th.equal(a, b)
+
+
+def test_other_replay_buffers_are_sampled_once_per_gradient_step():
+    calls = []
+
+    class CountingBuffer(ReplayBuffer):
+        def sample(self, batch_size, env=None):
+            calls.append(batch_size)
+            return super().sample(batch_size, env=env)
+
+    model = ScratchDQN(
+        "MlpPolicy",
+        "CartPole-v1",
+        replay_buffer_class=CountingBuffer,
+        learning_starts=50,
+        train_freq=10,
+        gradient_steps=3,
+        batch_size=8,
+    ).learn(200)
+    assert len(calls) == model._n_updates == 45 and set(calls) == {8}
