@@ -181,7 +181,8 @@ class Breakdown:
     """
     Where one run's time goes, for any DQN built on SB3's ``OffPolicyAlgorithm`` (ScratchDQN and SB3's DQN alike):
     wall-clock time inside the VecEnv's ``step_wait``, ``_sample_action``, ``_store_transition``, ``train`` and,
-    inside ``train``, replay sampling, ``backward``, gradient clipping and the optimizer step, and ScratchDQN's
+    inside ``train``, replay sampling (with ScratchDQN's uniform buffer, the gathers of several minibatches at once,
+    per gradient step), ``backward``, gradient clipping and the optimizer step, and ScratchDQN's
     autograd-free step (:class:`~sb3_dqn_ext.fast_update.FlatMLPAdam`, forward to Adam in one call) where it runs;
     :class:`~sb3_dqn_ext.fast_update.FlatAdam`'s clipping and Adam step count as clipping and the optimizer step.
     Each probe is a pair of ``perf_counter`` calls around the function (about 0.2 µs each); the optimizer's and the
@@ -214,6 +215,8 @@ class Breakdown:
         model._store_transition = self.probe("store", model._store_transition)
         model.train = self.probe("train", model.train)
         model.replay_buffer.sample = self.probe("sample", model.replay_buffer.sample)
+        if hasattr(model.replay_buffer, "_sample_batches"):  # ScratchDQN's minibatches of one train() call at once
+            model.replay_buffer._sample_batches = self.probe("sample", model.replay_buffer._sample_batches)
         if hasattr(model, "_clip_grad_norm"):  # ScratchDQN clips without going through clip_grad_norm_
             model._clip_grad_norm = self.probe("clip", model._clip_grad_norm)
         optimizer_class = type(model.policy.optimizer)

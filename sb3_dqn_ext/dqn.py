@@ -591,6 +591,9 @@ class ScratchDQN(OffPolicyAlgorithm):
             n_batches = min(chunk, gradient_steps - first)
             data = buffer._sample_batches(n_batches, batch_size, env=env)
             td_target = self._td_target(data) if ahead else None
+            if n_batches == 1:
+                yield data, td_target
+                continue
             for k in range(n_batches):
                 start, stop = k * batch_size, (k + 1) * batch_size
                 yield (
