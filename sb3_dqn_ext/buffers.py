@@ -248,11 +248,7 @@ class ReplayBuffer(BaseBuffer):
         :return: SB3's ``ReplayBufferSamples`` (``DictReplayBufferSamples`` for Dict observations); ``discounts`` is
             ``γ^m`` per sample for n-step returns and ``None`` for 1-step transitions
         """
-        low, count = self._valid_rows()
-        if count < 1:
-            raise ScratchDQNError("cannot sample from an empty replay buffer")
-        batch_inds = (np.random.randint(0, count, size=batch_size) + low) % self.buffer_size
-        return self._get_samples(batch_inds, env=env)
+        return self._sample_batches(1, batch_size, env=env)  # type: ignore[return-value]
 
     def _observation_row_nbytes(self) -> int:
         """Bytes of one stored observation (every key of a Dict observation)."""
@@ -263,8 +259,9 @@ class ReplayBuffer(BaseBuffer):
         self, n_batches: int, batch_size: int, env: VecNormalize | None = None
     ) -> ReplayBufferSamples | DictReplayBufferSamples | DQNReplayBufferSamples:
         """
-        ``n_batches`` uniform minibatches gathered at once: the rows that ``n_batches`` calls of :meth:`sample` would
-        draw, from the same random numbers in the same order, returned as one batch whose ``k``-th block of
+        ``n_batches`` uniform minibatches gathered at once (:meth:`sample` is the case ``n_batches = 1``): the rows
+        that ``n_batches`` calls of :meth:`sample` would draw, from the same random numbers in the same order (SB3's
+        draws: the rows, then with several envs the env of each row), returned as one batch whose ``k``-th block of
         ``batch_size`` rows is the ``k``-th minibatch. (Uniform sampling only: it does not apply to subclasses that
         sample differently, such as :class:`PrioritizedReplayBuffer`.)
 
@@ -279,7 +276,7 @@ class ReplayBuffer(BaseBuffer):
             # one call draws what n_batches calls draw (numpy's legacy randint consumes the stream value by value)
             batch_inds = (np.random.randint(0, count, size=n_batches * batch_size) + low) % self.buffer_size
             return self._get_samples(batch_inds, env=env)
-        # several envs: each minibatch draws its rows, then its envs, as sample() does
+        # several envs: each minibatch draws its rows, then their envs
         draws = [
             (np.random.randint(0, count, size=batch_size), np.random.randint(0, high=self.n_envs, size=(batch_size,)))
             for _ in range(n_batches)

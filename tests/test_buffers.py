@@ -240,7 +240,7 @@ def test_batches_gathered_at_once_are_the_per_step_samples(n_envs, kwargs):
     rng = np.random.default_rng(1)
     for _ in range(50):  # wraps around: full buffer
         done = rng.random(n_envs) < 0.2
-        _add(buffer, rng.normal(size=n_envs), rng.normal(size=n_envs), rng.normal(size=n_envs), done, done & False)
+        _add(buffer, rng.normal(size=n_envs), rng.normal(size=n_envs), rng.normal(size=n_envs), done, [False] * n_envs)
     buffer.next_action_masks[...] = rng.random(buffer.next_action_masks.shape) < 0.5
     np.random.seed(7)
     per_step = [buffer.sample(8) for _ in range(5)]
