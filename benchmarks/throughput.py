@@ -2,7 +2,7 @@
 Throughput: ScratchDQN vs SB3's DQN (and SBX's DQN when ``sbx-rl`` is installed) at identical settings.
 
     python benchmarks/throughput.py [--configs 1,2,3,4] [--repeats 3] [--scale 1.0] [--device cpu] [--out FILE.md]
-        [--breakdown] [--profile-ops]
+        [--breakdown] [--profile-ops] [--compile-floor]
 
 For each configuration the algorithms run alternately (A, B, A, B, ...) with the same seed, one torch thread, and
 each keeps its best wall time over ``--repeats``. The table also gives the paired ratios: in each repeat, SB3's wall
@@ -14,6 +14,11 @@ The same run measures the floors for the same network and batch:
 - the bare eager DQN update (forward, Huber loss, backward, grad clipping, fused Adam) written directly in PyTorch;
 - the matrix multiplies alone (the forward and backward GEMMs of the same layers);
 - a bare forward + argmax for one observation (the greedy action).
+
+``--compile-floor`` adds the bare step under ``torch.compile`` (its compile time, caches off, and its time per step).
+From the floors it also reports a ceiling per configuration: SB3's best wall time over that of a run that spends only
+ScratchDQN's ``env.step`` time, one forward+argmax per env step and one floor per gradient step (the most any DQN
+with these floors could gain over SB3 here; see :func:`floor_wall`).
 
 ``--device cuda`` runs every algorithm and every floor on the GPU (both algorithms get the same ``device=``); the
 floors then wait for the GPU (``torch.cuda.synchronize``) before each timing is read, and the forward+argmax floor
@@ -327,9 +332,19 @@ def sbx_class() -> type | None:
 
 
 def floors(
-    net_arch: list[int], obs_dim: int, n_actions: int, batch: int, reps: int = 300, device: str = "cpu"
+    net_arch: list[int],
+    obs_dim: int,
+    n_actions: int,
+    batch: int,
+    reps: int = 300,
+    device: str = "cpu",
+    compiled: bool = False,
 ) -> dict[str, float]:
-    """Bare eager fused-Adam DQN step, the GEMMs alone, and forward + argmax for one observation (seconds)."""
+    """
+    Bare eager fused-Adam DQN step, the GEMMs alone, and forward + argmax for one observation (seconds); with
+    ``compiled``, also the same step under ``torch.compile`` (``compiled_step``) and the seconds its first two calls
+    took (``compile``: tracing and code generation, with inductor's caches off, as on a first run).
+    """
     th.manual_seed(0)
     on_gpu = th.device(device).type == "cuda"
 
@@ -394,7 +409,32 @@ def floors(
             times.append((time.perf_counter() - start) / reps)
         return min(times)
 
-    return dict(eager_step=best(step), gemms=best(gemms), act=best(act))
+    result = dict(eager_step=best(step), gemms=best(gemms), act=best(act))
+    if compiled:
+        import torch._inductor.config as inductor_config
+
+        compiled_step = th.compile(step)
+        start = time.perf_counter()
+        with inductor_config.patch(force_disable_caches=True):  # a first run's compile, not one from the disk cache
+            compiled_step()
+            compiled_step()
+        sync()
+        result["compile"] = time.perf_counter() - start
+        result["compiled_step"] = best(compiled_step)
+    return result
+
+
+def floor_wall(run: dict[str, float], per_update: float, per_step: float) -> float:
+    """
+    The wall time of a run that spent only its env.step time, ``per_step`` seconds per env step (a bare
+    forward+argmax) and ``per_update`` seconds per gradient step (a floor): a lower bound for any DQN with the same
+    env steps and gradient steps, since it leaves out replay sampling, storing transitions, the loop and callbacks.
+
+    :param run: one run's ``env`` seconds, env ``steps`` and gradient ``updates`` (from :func:`run_once`)
+    :param per_update: seconds per gradient step
+    :param per_step: seconds per env step outside ``env.step``
+    """
+    return run["env"] + run["steps"] * per_step + run["updates"] * per_update
 
 
 def device_name(device: str) -> str:
@@ -420,6 +460,11 @@ def main() -> None:
         help="also profile the last quarter of one ScratchDQN run per configuration with torch.profiler (top ops by "
         "self time)",
     )
+    parser.add_argument(
+        "--compile-floor",
+        action="store_true",
+        help="also time the bare step under torch.compile (its compile time and time per step) for the MLP configs",
+    )
     args = parser.parse_args()
     if (args.breakdown or args.profile_ops) and th.device(args.device).type != "cpu":
         parser.error("--breakdown and --profile-ops time asynchronous GPU work at launch: use --device cpu")
@@ -436,6 +481,8 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     detail: list[str] = []
+    ceilings: list[str] = []
+    compiled_rows: list[str] = []
     breakdowns: list[str] = []
     profiles: list[str] = []
     for key in args.configs.split(","):
@@ -467,7 +514,18 @@ def main() -> None:
         ours = best["ScratchDQN"]
         if config.policy == "MlpPolicy":
             kw = {**config.kwargs, **config.scratch_only_kwargs}
-            f = floors(kw["policy_kwargs"]["net_arch"], 4, 2, kw["batch_size"], device=args.device)
+            f = floors(
+                kw["policy_kwargs"]["net_arch"], 4, 2, kw["batch_size"], device=args.device, compiled=args.compile_floor
+            )
+            if "compiled_step" in f:
+                compiled_rows.append(
+                    f"| {config.name} | {f['eager_step'] * 1e3:.3f} ms | {f['compiled_step'] * 1e3:.3f} ms "
+                    f"({f['compiled_step'] / f['eager_step']:.2f}x) | {f['compile']:.1f} s | "
+                    f"{sb3_wall / (floor_wall(ours, f['compiled_step'], f['act']) + f['compile']):.2f}x |"
+                    if sb3_wall
+                    else f"| {config.name} | {f['eager_step'] * 1e3:.3f} ms | {f['compiled_step'] * 1e3:.3f} ms | "
+                    f"{f['compile']:.1f} s | - |"
+                )
             per_update = ours["train"] / max(ours["updates"], 1)
             overhead = (ours["wall"] - ours["train"] - ours["env"]) / ours["steps"]
             detail.append(
@@ -475,6 +533,12 @@ def main() -> None:
                 f"({per_update / f['eager_step']:.2f}x) | {f['gemms'] * 1e3:.3f} ms ({per_update / f['gemms']:.2f}x) "
                 f"| {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs ({overhead / f['act']:.2f}x) |"
             )
+            if sb3_wall:
+                ceilings.append(
+                    f"| {config.name} | {sb3_wall / ours['wall']:.2f}x | "
+                    f"{sb3_wall / floor_wall(ours, f['eager_step'], f['act']):.2f}x | "
+                    f"{sb3_wall / floor_wall(ours, f['gemms'], f['act']):.2f}x |"
+                )
         print("\n".join(lines[-len(best) :]), flush=True)
         if args.breakdown:
             rows = breakdown_table(config, {"ScratchDQN": algos["ScratchDQN"]} if key == "4" else algos)
@@ -492,6 +556,28 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|",
         *detail,
     ]
+    if ceilings:
+        lines += [
+            "",
+            "The most any DQN could gain over SB3's best time of this run if it spent only ScratchDQN's env.step time, "
+            "one forward+argmax per env step and one floor per gradient step (nothing for sampling, storing, the "
+            "loop or callbacks):",
+            "",
+            "| config | ScratchDQN vs SB3 | ceiling at the bare eager fused step | ceiling at the GEMMs alone |",
+            "|---|---:|---:|---:|",
+            *ceilings,
+        ]
+    if compiled_rows:
+        lines += [
+            "",
+            "The bare step under torch.compile (default mode; the compile time is its first two calls with "
+            "inductor's caches off, which a run would pay once), and the ceiling over SB3 at that step, compile "
+            "time included:",
+            "",
+            "| config | bare eager fused step | compiled | compile time | ceiling at the compiled step |",
+            "|---|---:|---:|---:|---:|",
+            *compiled_rows,
+        ]
     if breakdowns:
         lines += [
             "",
