@@ -13,7 +13,8 @@ The same run measures the floors for the same network and batch:
 
 - the bare eager DQN update (forward, Huber loss, backward, grad clipping, fused Adam) written directly in PyTorch;
 - the matrix multiplies alone (the forward and backward GEMMs of the same layers);
-- a bare forward + argmax for one observation (the greedy action).
+- a bare forward + argmax for one observation (the greedy action);
+- for configuration 4, a bare eager Rainbow step (noisy dueling C51 heads, double Q-learning, fused Adam).
 
 ``--compile-floor`` adds the bare step under ``torch.compile`` (its compile time, caches off, and its time per step).
 From the floors it also reports a ceiling per configuration: SB3's best wall time over that of a run that spends only
@@ -437,6 +438,103 @@ def floor_wall(run: dict[str, float], per_update: float, per_step: float) -> flo
     return run["env"] + run["steps"] * per_step + run["updates"] * per_update
 
 
+def rainbow_floor(
+    net_arch: list[int],
+    obs_dim: int,
+    n_actions: int,
+    batch: int,
+    n_atoms: int,
+    v_min: float,
+    v_max: float,
+    gamma_n: float,
+    reps: int = 100,
+) -> float:
+    """
+    Seconds per bare eager Rainbow gradient step on CPU (no replay buffer): factorised-noise layers (noise resampled
+    for both networks, weights ``μ + σ ⊙ ε`` built at each forward), dueling C51 heads, double Q-learning's next
+    action by the online network's expected values, the projection of ``r + γ^n (1 − done) z``, the cross-entropy
+    weighted by importance weights, priorities from the per-sample loss, gradient clipping and fused Adam, written
+    directly in PyTorch the way a from-scratch implementation would.
+    """
+    th.manual_seed(0)
+
+    class Noisy(th.nn.Module):
+        def __init__(self, n_in: int, n_out: int) -> None:
+            super().__init__()
+            bound = n_in**-0.5
+            self.w_mu = th.nn.Parameter(th.empty(n_out, n_in).uniform_(-bound, bound))
+            self.w_sigma = th.nn.Parameter(th.full((n_out, n_in), 0.5 * bound))
+            self.b_mu = th.nn.Parameter(th.empty(n_out).uniform_(-bound, bound))
+            self.b_sigma = th.nn.Parameter(th.full((n_out,), 0.5 * bound))
+            self.eps_in, self.eps_out = th.zeros(n_in), th.zeros(n_out)
+
+        def reset_noise(self) -> None:
+            eps = th.randn(self.eps_in.numel() + self.eps_out.numel())
+            eps = eps.sign() * eps.abs().sqrt()
+            self.eps_in, self.eps_out = eps[: self.eps_in.numel()], eps[self.eps_in.numel() :]
+
+        def forward(self, x: th.Tensor) -> th.Tensor:
+            weight = self.w_mu + self.w_sigma * th.outer(self.eps_out, self.eps_in)
+            return th.nn.functional.linear(x, weight, self.b_mu + self.b_sigma * self.eps_out)
+
+    class Net(th.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers, last = [], obs_dim
+            for width in net_arch:
+                layers += [Noisy(last, width), th.nn.ReLU()]
+                last = width
+            self.trunk = th.nn.Sequential(*layers)
+            self.value, self.advantage = Noisy(last, n_atoms), Noisy(last, n_actions * n_atoms)
+            self.noisy = [m for m in self.modules() if isinstance(m, Noisy)]
+
+        def log_probs(self, x: th.Tensor) -> th.Tensor:
+            h = self.trunk(x)
+            value = self.value(h).view(-1, 1, n_atoms)
+            advantage = self.advantage(h).view(-1, n_actions, n_atoms)
+            return (value + advantage - advantage.mean(1, keepdim=True)).log_softmax(-1)
+
+    online, target = Net(), Net()
+    params = list(online.parameters())
+    optimizer = th.optim.Adam(params, lr=1e-4, fused=True)
+    support = th.linspace(v_min, v_max, n_atoms)
+    delta_z = (v_max - v_min) / (n_atoms - 1)
+    obs, next_obs = th.randn(batch, obs_dim), th.randn(batch, obs_dim)
+    actions = th.randint(n_actions, (batch,))
+    rewards, dones, weights = th.rand(batch, 1), th.zeros(batch, 1), th.rand(batch)
+    rows = th.arange(batch)
+
+    def step() -> None:
+        for m in online.noisy + target.noisy:
+            m.reset_noise()
+        with th.no_grad():
+            next_probs = target.log_probs(next_obs).exp()
+            next_actions = (online.log_probs(next_obs).exp() * support).sum(-1).argmax(1)
+            b = ((rewards + gamma_n * (1 - dones) * support).clamp(v_min, v_max) - v_min) / delta_z
+            lower, upper = b.floor(), b.ceil()
+            p = next_probs[rows, next_actions]
+            projected = th.zeros_like(p)
+            projected.scatter_add_(1, lower.long(), p * (upper - b + (lower == upper).float()))
+            projected.scatter_add_(1, upper.long(), p * (b - lower))
+        per_sample = -(projected * online.log_probs(obs)[rows, actions]).sum(-1)
+        loss = (weights * per_sample).mean()
+        per_sample.detach().abs()  # the new priorities
+        optimizer.zero_grad()
+        loss.backward()
+        th.nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+
+    for _ in range(10):
+        step()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(reps):
+            step()
+        times.append((time.perf_counter() - start) / reps)
+    return min(times)
+
+
 def device_name(device: str) -> str:
     """``"cpu"`` or the GPU's name, e.g. ``"cuda (NVIDIA H100 80GB HBM3)"``."""
     if th.device(device).type == "cuda":
@@ -483,6 +581,7 @@ def main() -> None:
     detail: list[str] = []
     ceilings: list[str] = []
     compiled_rows: list[str] = []
+    rainbow_rows: list[str] = []
     breakdowns: list[str] = []
     profiles: list[str] = []
     for key in args.configs.split(","):
@@ -517,6 +616,23 @@ def main() -> None:
             f = floors(
                 kw["policy_kwargs"]["net_arch"], 4, 2, kw["batch_size"], device=args.device, compiled=args.compile_floor
             )
+            pk = kw["policy_kwargs"]
+            if pk.get("n_atoms") and pk.get("noisy") and pk.get("dueling") and th.device(args.device).type == "cpu":
+                per_update = ours["train"] / max(ours["updates"], 1)
+                rainbow = rainbow_floor(
+                    pk["net_arch"],
+                    4,
+                    2,
+                    kw["batch_size"],
+                    pk["n_atoms"],
+                    pk["v_min"],
+                    pk["v_max"],
+                    kw["gamma"] ** kw.get("n_steps", 1),
+                )
+                rainbow_rows.append(
+                    f"| {config.name} | {per_update * 1e3:.3f} ms | {rainbow * 1e3:.3f} ms "
+                    f"({per_update / rainbow:.2f}x) | {f['eager_step'] * 1e3:.3f} ms (plain DQN) |"
+                )
             if "compiled_step" in f:
                 compiled_rows.append(
                     f"| {config.name} | {f['eager_step'] * 1e3:.3f} ms | {f['compiled_step'] * 1e3:.3f} ms "
@@ -566,6 +682,16 @@ def main() -> None:
             "| config | ScratchDQN vs SB3 | ceiling at the bare eager fused step | ceiling at the GEMMs alone |",
             "|---|---:|---:|---:|",
             *ceilings,
+        ]
+    if rainbow_rows:
+        lines += [
+            "",
+            "ScratchDQN's Rainbow gradient step (prioritized replay's sampling and priority updates included) against "
+            "a bare eager Rainbow step of the same network and batch (no replay buffer):",
+            "",
+            "| config | per gradient step | bare eager Rainbow step | bare eager fused step |",
+            "|---|---:|---:|---:|",
+            *rainbow_rows,
         ]
     if compiled_rows:
         lines += [
