@@ -14,7 +14,8 @@ The same run measures the floors for the same network and batch:
 - the bare eager DQN update (forward, Huber loss, backward, grad clipping, fused Adam) written directly in PyTorch;
 - the matrix multiplies alone (the forward and backward GEMMs of the same layers);
 - a bare forward + argmax for one observation (the greedy action);
-- for configuration 4, a bare eager Rainbow step (noisy dueling C51 heads, double Q-learning, fused Adam).
+- for configuration 4, a bare eager Rainbow step (noisy dueling C51 heads, double Q-learning, fused Adam);
+- for configuration 3, the bare eager step and forward+argmax of SB3's NatureCNN (no GEMMs-alone floor).
 
 ``--compile-floor`` adds the bare step under ``torch.compile`` (its compile time, caches off, and its time per step).
 From the floors it also reports a ceiling per configuration: SB3's best wall time over that of a run that spends only
@@ -438,6 +439,72 @@ def floor_wall(run: dict[str, float], per_update: float, per_step: float) -> flo
     return run["env"] + run["steps"] * per_step + run["updates"] * per_update
 
 
+def cnn_floors(obs_shape: tuple[int, ...], n_actions: int, batch: int, reps: int = 20) -> dict[str, float]:
+    """
+    Seconds per bare eager DQN step (fused Adam) and per forward+argmax of one observation, on CPU, for SB3's
+    ``NatureCNN`` and linear head written directly in PyTorch; observations are uint8 frames, channels first as SB3's
+    ``VecTransposeImage`` (part of ``env.step``) hands them over, converted as SB3 converts them (float, ``/ 255``).
+    """
+    th.manual_seed(0)
+    height, width, channels = obs_shape
+
+    def net() -> th.nn.Sequential:
+        return th.nn.Sequential(
+            th.nn.Conv2d(channels, 32, 8, stride=4),
+            th.nn.ReLU(),
+            th.nn.Conv2d(32, 64, 4, stride=2),
+            th.nn.ReLU(),
+            th.nn.Conv2d(64, 64, 3, stride=1),
+            th.nn.ReLU(),
+            th.nn.Flatten(),
+            th.nn.LazyLinear(512),
+            th.nn.ReLU(),
+            th.nn.Linear(512, n_actions),
+        )
+
+    frames = th.randint(0, 256, (batch, channels, height, width), dtype=th.uint8)
+    next_frames = th.randint(0, 256, (batch, channels, height, width), dtype=th.uint8)
+    online, target = net(), net()
+    online(frames[:1].float())  # (materialises the lazy layer)
+    target(frames[:1].float())
+    params = list(online.parameters())
+    optimizer = th.optim.Adam(params, lr=1e-4, fused=True)
+    actions = th.randint(n_actions, (batch, 1))
+    rewards, dones = th.randn(batch, 1), th.zeros(batch, 1)
+
+    def prep(x: th.Tensor) -> th.Tensor:
+        return x.float() / 255.0
+
+    def step() -> None:
+        with th.no_grad():
+            target_q = rewards + 0.99 * (1 - dones) * target(prep(next_frames)).max(1, keepdim=True).values
+        q = online(prep(frames)).gather(1, actions)
+        loss = th.nn.functional.smooth_l1_loss(q, target_q)
+        optimizer.zero_grad()
+        loss.backward()
+        th.nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+
+    one = frames[:1]
+
+    def act() -> None:
+        with th.inference_mode():
+            online(prep(one)).argmax(1)
+
+    def best(fn: Callable[[], None], n: int) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times.append((time.perf_counter() - start) / n)
+        return min(times)
+
+    return dict(eager_step=best(step, reps), act=best(act, 10 * reps))
+
+
 def rainbow_floor(
     net_arch: list[int],
     obs_dim: int,
@@ -654,6 +721,23 @@ def main() -> None:
                     f"| {config.name} | {sb3_wall / ours['wall']:.2f}x | "
                     f"{sb3_wall / floor_wall(ours, f['eager_step'], f['act']):.2f}x | "
                     f"{sb3_wall / floor_wall(ours, f['gemms'], f['act']):.2f}x |"
+                )
+        elif config.policy == "CnnPolicy" and th.device(args.device).type == "cpu":
+            env = config.env()
+            obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
+            env.close()
+            f = cnn_floors(obs_shape, n_actions, config.kwargs["batch_size"])
+            per_update = ours["train"] / max(ours["updates"], 1)
+            overhead = (ours["wall"] - ours["train"] - ours["env"]) / ours["steps"]
+            detail.append(
+                f"| {config.name} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
+                f"({per_update / f['eager_step']:.2f}x) | - | {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs "
+                f"({overhead / f['act']:.2f}x) |"
+            )
+            if sb3_wall:
+                ceilings.append(
+                    f"| {config.name} | {sb3_wall / ours['wall']:.2f}x | "
+                    f"{sb3_wall / floor_wall(ours, f['eager_step'], f['act']):.2f}x | - |"
                 )
         print("\n".join(lines[-len(best) :]), flush=True)
         if args.breakdown:
