@@ -432,7 +432,8 @@ class ScratchDQN(OffPolicyAlgorithm):
             with th.inference_mode():
                 obs = obs_as_tensor(self._last_obs, self.device)
                 if masks is None:
-                    action = self.q_net._predict(obs).cpu().numpy()
+                    # (not deterministic: noisy layers act on the noise just drawn, not on their mean weights)
+                    action = self.q_net._predict(obs, deterministic=False).cpu().numpy()
                 else:
                     action = masked_argmax(self.q_net(obs), th.as_tensor(masks, device=self.device)).cpu().numpy()
         return action, action

@@ -9,6 +9,7 @@ from stable_baselines3.common.envs import FakeImageEnv
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
 from test_dqn_core import CHAIN_Q_STAR_KWARGS, CHAIN_Q_STAR_STEPS, CHAIN_Q_STAR_TOLERANCE, _learned_q
+from torch.nn import functional as F
 
 from sb3_dqn_ext import NoisyLinear, PrioritizedReplayBuffer, RainbowDQN, ScratchDQN
 from sb3_dqn_ext.dqn import categorical_projection
@@ -149,6 +150,46 @@ def test_noisy_predict_deterministic_uses_means_and_exploration_is_off():
     before = model.q_net.q_net[0].epsilon_in.clone()
     model.learn(5)
     assert not th.equal(before, model.q_net.q_net[0].epsilon_in)
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_noisy_rollout_actions_are_greedy_on_the_noisy_weights(dueling):
+    # NoisyNet explores through its noise: each rollout action is the argmax of Q under the noise drawn for it (not
+    # under the mean weights, which predict(deterministic=True) uses). Large σ so that the noise decides some actions.
+    model = ScratchDQN(
+        "MlpPolicy",
+        "CartPole-v1",
+        policy_kwargs=dict(noisy=True, noisy_std_init=8.0, dueling=dueling, net_arch=[16]),
+        learning_starts=0,
+        seed=0,
+    )
+    model._setup_learn(10)
+    model.policy.set_training_mode(False)
+    net = model.q_net
+    obs = th.as_tensor(model._last_obs)
+
+    def noisy_q() -> th.Tensor:  # Q(s) on the materialised noisy weights of each layer, by hand
+        def run(seq, x):
+            for layer in seq:
+                x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, NoisyLinear) else layer(x)
+            return x
+
+        hidden = run(net.q_net, obs)
+        if not dueling:
+            return hidden
+        value, advantage = run(net.value_stream, hidden), run(net.advantage_stream, hidden)
+        return value + advantage - advantage.mean(dim=1, keepdim=True)
+
+    with th.no_grad(), net.mean_weights():
+        greedy_on_means = net(obs).argmax(1).item()
+    actions, expected = [], []
+    with th.no_grad():
+        for _ in range(200):
+            action, _ = model._sample_action(learning_starts=0, n_envs=1)
+            actions.append(int(action[0]))
+            expected.append(noisy_q().argmax(1).item())
+    assert actions == expected
+    assert any(a != greedy_on_means for a in actions)  # (the mean weights alone would give one action throughout)
 
 
 # ----------------------------------------------------------------------------------------------------- C51
