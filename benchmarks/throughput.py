@@ -333,6 +333,22 @@ def sbx_class() -> type | None:
     return SBXDQN
 
 
+def best_seconds(fn: Callable[[], None], reps: int, warmup: int, sync: Callable[[], None] = lambda: None) -> float:
+    """Seconds per call of ``fn``: the best of 5 timings of ``reps`` calls, after ``warmup`` calls (``sync`` waits
+    for a GPU before each timing is read)."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        times.append((time.perf_counter() - start) / reps)
+    return min(times)
+
+
 def floors(
     net_arch: list[int],
     obs_dim: int,
@@ -399,17 +415,7 @@ def floors(
     sync = th.cuda.synchronize if on_gpu else (lambda: None)
 
     def best(fn: Callable[[], None]) -> float:
-        for _ in range(20):
-            fn()
-        sync()
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            sync()
-            times.append((time.perf_counter() - start) / reps)
-        return min(times)
+        return best_seconds(fn, reps, warmup=20, sync=sync)
 
     result = dict(eager_step=best(step), gemms=best(gemms), act=best(act))
     if compiled:
@@ -491,18 +497,7 @@ def cnn_floors(obs_shape: tuple[int, ...], n_actions: int, batch: int, reps: int
         with th.inference_mode():
             online(prep(one)).argmax(1)
 
-    def best(fn: Callable[[], None], n: int) -> float:
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times.append((time.perf_counter() - start) / n)
-        return min(times)
-
-    return dict(eager_step=best(step, reps), act=best(act, 10 * reps))
+    return dict(eager_step=best_seconds(step, reps, warmup=3), act=best_seconds(act, 10 * reps, warmup=3))
 
 
 def rainbow_floor(
@@ -591,15 +586,7 @@ def rainbow_floor(
         th.nn.utils.clip_grad_norm_(params, 10.0)
         optimizer.step()
 
-    for _ in range(10):
-        step()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(reps):
-            step()
-        times.append((time.perf_counter() - start) / reps)
-    return min(times)
+    return best_seconds(step, reps, warmup=10)
 
 
 def device_name(device: str) -> str:
