@@ -2,7 +2,7 @@
 Throughput: ScratchDQN vs SB3's DQN (and SBX's DQN when ``sbx-rl`` is installed) at identical settings.
 
     python benchmarks/throughput.py [--configs 1,2,3,4] [--repeats 3] [--scale 1.0] [--device cpu] [--out FILE.md]
-        [--breakdown] [--profile-ops] [--compile-floor]
+        [--breakdown] [--profile-ops] [--compile-floor] [--numpy-backend]
 
 For each configuration the algorithms run alternately (A, B, A, B, ...) with the same seed, one torch thread, and
 each keeps its best wall time over ``--repeats``. The table also gives the paired ratios: in each repeat, SB3's wall
@@ -32,6 +32,10 @@ Configurations:
 3. CNN: Breakout through ale-py (NoFrameskip-v4, SB3's Atari wrappers, 4 stacked frames), small budget;
 4. Rainbow: configuration 1 with every component on (double, dueling, PER, n_steps=3, noisy nets, C51).
 
+``--numpy-backend`` adds a column ``ScratchDQN numpy``: ScratchDQN with ``mlp_backend="numpy"`` (the plain MLP's
+gradient step, TD targets and actions in NumPy, BLAS on one thread) in the MLP configurations 1, 2, ``1f``, ``2f``
+(in 3 and 4 it would fall back to the PyTorch path), alternated with the others like any algorithm.
+
 Optional (not in the default ``--configs``): ``1f`` and ``2f``, configurations 1 and 2 with
 ``optimizer_kwargs=dict(fused=True)`` for every algorithm: the optimizer of the bare eager fused step, which
 rounds differently from Adam's default (so not the default of SB3's DQN or of ScratchDQN).
@@ -59,7 +63,7 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
-from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam
+from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLPAdam
 
 th.set_num_threads(1)
 # SBX's XLA on one thread too (read when JAX starts, so set before sbx is imported)
@@ -228,12 +232,13 @@ class Breakdown:
             model._clip_grad_norm = self.probe("clip", model._clip_grad_norm)
         optimizer_class = type(model.policy.optimizer)
         backward, clip = th.Tensor.backward, th.nn.utils.clip_grad_norm_
-        optimizer_step, fast_step = optimizer_class.step, FlatMLPAdam.step
+        optimizer_step, fast_step, numpy_step = optimizer_class.step, FlatMLPAdam.step, NumpyMLPAdam.step
         flat_clip, flat_adam = FlatAdam.clip_grad_norm, FlatAdam.adam_step
         th.Tensor.backward = self.probe("backward", backward)  # type: ignore[method-assign]
         th.nn.utils.clip_grad_norm_ = self.probe("clip", clip)
         optimizer_class.step = self.probe("optimizer", optimizer_step)  # type: ignore[method-assign]
         FlatMLPAdam.step = self.probe("fast step", fast_step)  # type: ignore[method-assign]
+        NumpyMLPAdam.step = self.probe("fast step", numpy_step)  # type: ignore[method-assign]
         # clipping and Adam on flat buffers after autograd's backward (heads the autograd-free step does not cover)
         FlatAdam.clip_grad_norm = self.probe("clip", flat_clip)  # type: ignore[method-assign]
         FlatAdam.adam_step = self.probe("optimizer", flat_adam)  # type: ignore[method-assign]
@@ -244,6 +249,7 @@ class Breakdown:
         finally:
             th.Tensor.backward, th.nn.utils.clip_grad_norm_ = backward, clip  # type: ignore[method-assign]
             optimizer_class.step, FlatMLPAdam.step = optimizer_step, fast_step  # type: ignore[method-assign]
+            NumpyMLPAdam.step = numpy_step  # type: ignore[method-assign]
             FlatAdam.clip_grad_norm, FlatAdam.adam_step = flat_clip, flat_adam  # type: ignore[method-assign]
             env.close()
         steps, updates = model.num_timesteps, max(model._n_updates, 1)
@@ -264,14 +270,23 @@ class Breakdown:
         }
 
 
+NUMPY = "ScratchDQN numpy"
+
+
+def algo_kwargs(name: str, config: Config) -> dict[str, Any]:
+    """The keyword arguments that column ``name`` adds to the configuration's."""
+    if name == "ScratchDQN":
+        return config.scratch_only_kwargs
+    return {**config.scratch_only_kwargs, "mlp_backend": "numpy"} if name == NUMPY else {}
+
+
 def breakdown_table(config: Config, algos: dict[str, type]) -> list[str]:
     """Markdown rows: one per part, one column per algorithm, measured in consecutive runs of ``config``."""
     results = {}
     for name, algo in algos.items():
         if name == "SBX DQN":
             continue  # SBX's JAX step does not go through these functions
-        extra = config.scratch_only_kwargs if name == "ScratchDQN" else {}
-        results[name] = Breakdown().run(algo, config, extra)
+        results[name] = Breakdown().run(algo, config, algo_kwargs(name, config))
     names = list(results)
     rows = [f"| {config.name} | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for part in next(iter(results.values())):
@@ -617,12 +632,19 @@ def main() -> None:
         action="store_true",
         help="also time the bare step under torch.compile (its compile time and time per step) for the MLP configs",
     )
+    parser.add_argument(
+        "--numpy-backend",
+        action="store_true",
+        help='also run ScratchDQN with mlp_backend="numpy" in the MLP configurations 1, 2, 1f, 2f',
+    )
     args = parser.parse_args()
     if (args.breakdown or args.profile_ops) and th.device(args.device).type != "cpu":
         parser.error("--breakdown and --profile-ops time asynchronous GPU work at launch: use --device cpu")
 
     table = configs(args.scale)
     algos: dict[str, type] = {"ScratchDQN": ScratchDQN, "SB3 DQN": DQN}
+    if args.numpy_backend:
+        algos[NUMPY] = ScratchDQN
     if sbx_class() is not None:
         algos["SBX DQN"] = sbx_class()  # type: ignore[assignment]
     lines = [
@@ -646,10 +668,11 @@ def main() -> None:
             for name, algo in algos.items():
                 if key == "4" and name != "ScratchDQN":
                     continue
+                if name == NUMPY and key not in ("1", "2", "1f", "2f"):
+                    continue
                 if name == "SBX DQN" and key in ("3", "1f", "2f"):  # (no Atari CNN; optax has no torch Adam flags)
                     continue
-                extra = config.scratch_only_kwargs if name == "ScratchDQN" else {}
-                result = run_once(algo, config, extra, args.device)
+                result = run_once(algo, config, algo_kwargs(name, config), args.device)
                 walls.setdefault(name, []).append(result["wall"])
                 if name not in best or result["wall"] < best[name]["wall"]:
                     best[name] = result
@@ -696,19 +719,24 @@ def main() -> None:
                     else f"| {config.name} | {f['eager_step'] * 1e3:.3f} ms | {f['compiled_step'] * 1e3:.3f} ms | "
                     f"{f['compile']:.1f} s | - |"
                 )
-            per_update = ours["train"] / max(ours["updates"], 1)
-            overhead = (ours["wall"] - ours["train"] - ours["env"]) / ours["steps"]
-            detail.append(
-                f"| {config.name} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
-                f"({per_update / f['eager_step']:.2f}x) | {f['gemms'] * 1e3:.3f} ms ({per_update / f['gemms']:.2f}x) "
-                f"| {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs ({overhead / f['act']:.2f}x) |"
-            )
-            if sb3_wall:
-                ceilings.append(
-                    f"| {config.name} | {sb3_wall / ours['wall']:.2f}x | "
-                    f"{sb3_wall / floor_wall(ours, f['eager_step'], f['act']):.2f}x | "
-                    f"{sb3_wall / floor_wall(ours, f['gemms'], f['act']):.2f}x |"
+            for name in ("ScratchDQN", NUMPY):
+                if name not in best:
+                    continue
+                run, label = best[name], config.name + (" [numpy]" if name == NUMPY else "")
+                per_update = run["train"] / max(run["updates"], 1)
+                overhead = (run["wall"] - run["train"] - run["env"]) / run["steps"]
+                detail.append(
+                    f"| {label} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
+                    f"({per_update / f['eager_step']:.2f}x) | {f['gemms'] * 1e3:.3f} ms "
+                    f"({per_update / f['gemms']:.2f}x) | {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs "
+                    f"({overhead / f['act']:.2f}x) |"
                 )
+                if sb3_wall:
+                    ceilings.append(
+                        f"| {label} | {sb3_wall / run['wall']:.2f}x | "
+                        f"{sb3_wall / floor_wall(run, f['eager_step'], f['act']):.2f}x | "
+                        f"{sb3_wall / floor_wall(run, f['gemms'], f['act']):.2f}x |"
+                    )
         elif config.policy == "CnnPolicy" and th.device(args.device).type == "cpu":
             env = config.env()
             obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)

@@ -15,7 +15,9 @@ heads (``policy_kwargs``), prioritized replay (``PrioritizedReplayBuffer``) and 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import pathlib
 import warnings
 from collections.abc import Iterator
@@ -30,12 +32,13 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import get_parameters_by_name, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.her.her_replay_buffer import HerReplayBuffer
+from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 
 from sb3_dqn_ext import fast_update
 from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
 from sb3_dqn_ext.errors import DivergenceError, ScratchDQNError
-from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam
+from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLP, NumpyMLPAdam
 from sb3_dqn_ext.masking import (
     INFO_KEY,
     ActionMaskInfo,
@@ -159,6 +162,14 @@ class ScratchDQN(OffPolicyAlgorithm):
         ``a* = argmax_a Q(s', a; θ)`` and the target network values it
     :param exploration_schedule: how ε decays from ``exploration_initial_eps`` to ``exploration_final_eps``:
         ``"linear"`` (SB3's), ``"exponential"``, or a callable of SB3's ``progress_remaining``
+    :param mlp_backend: what computes a plain MLP Q-network on CPU (``nn.Linear`` layers with ReLU, Tanh or Sigmoid
+        on flattened ``Box`` observations, Adam): ``"torch"`` (default: the numbers of SB3's DQN, bitwise) or
+        ``"numpy"``: the gradient step, the TD targets and the rollout actions in NumPy on the same weights, which
+        for small networks skips most of PyTorch's per-op overhead. The mathematics is the same; the low-order bits
+        differ from the ``"torch"`` backend (another BLAS), runs stay deterministic for a seed. While ``learn()``
+        runs with it, NumPy's BLAS is limited to one thread (``threadpoolctl``): a small network's products are
+        slower on several. Anything else (CNN or Dict features, dueling, noisy or C51 heads, action masks, hooks)
+        uses the PyTorch path, as does the gradient step with another optimizer than Adam.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -201,6 +212,7 @@ class ScratchDQN(OffPolicyAlgorithm):
         _init_setup_model: bool = True,
         double_q: bool = False,
         exploration_schedule: str | Schedule = "linear",
+        mlp_backend: str = "torch",
     ) -> None:
         check_hyperparameters(
             learning_rate=learning_rate,
@@ -223,6 +235,7 @@ class ScratchDQN(OffPolicyAlgorithm):
             policy_kwargs=policy_kwargs,
             double_q=double_q,
             exploration_schedule=exploration_schedule,
+            mlp_backend=mlp_backend,
             seed=seed,
             device=device,
         )
@@ -265,6 +278,7 @@ class ScratchDQN(OffPolicyAlgorithm):
         self.exploration_schedule_kind = exploration_schedule
         self.target_update_interval = target_update_interval
         self.double_q = double_q
+        self.mlp_backend = mlp_backend
         # For updating the target network with multiple envs:
         self._n_calls = 0
         self.max_grad_norm = max_grad_norm
@@ -428,6 +442,8 @@ class ScratchDQN(OffPolicyAlgorithm):
                 action = sample_legal_actions(masks)
             else:
                 action = np.array([self.action_space.sample() for _ in range(n_envs)])
+        elif masks is None and (numpy_mlp := self._numpy_mlp("q_net")) is not None:
+            action = numpy_mlp(numpy_mlp.features(self._last_obs)).argmax(axis=1)  # argmax_a Q(s, a), in NumPy
         else:
             with th.inference_mode():
                 obs = obs_as_tensor(self._last_obs, self.device)
@@ -563,6 +579,8 @@ class ScratchDQN(OffPolicyAlgorithm):
     def _td_target(self, data: Any) -> th.Tensor:
         """The TD target ``y = r + γ^n (1 − terminated) Q_target(s', a*)`` of each sampled transition."""
         discounts, masks = self._discounts_and_masks(data)
+        if masks is None and (numpy_mlps := self._numpy_target_mlps()) is not None:  # mlp_backend="numpy"
+            return self._numpy_td_target(data, discounts, *numpy_mlps)
         return data.rewards + discounts * (1 - data.dones) * self._next_q_values(data.next_observations, masks)
 
     def _minibatches(self, gradient_steps: int, batch_size: int) -> Iterator[tuple[Any, th.Tensor | None]]:
@@ -616,6 +634,69 @@ class ScratchDQN(OffPolicyAlgorithm):
             return next_q_target.max(dim=1, keepdim=True).values
         return masked_max(next_q_target, masks)
 
+    @staticmethod
+    def _numpy_td_target(
+        data: Any, discounts: th.Tensor | float, target: NumpyMLP, online: NumpyMLP | None
+    ) -> th.Tensor:
+        """The TD target of :meth:`_td_target` (no masks) computed by ``mlp_backend="numpy"``: the same equation."""
+        x = NumpyMLP.features(data.next_observations.numpy())
+        next_q_target = target(x)
+        if online is None:
+            next_q = next_q_target.max(axis=1, keepdims=True)  # max_a Q_target(s', a)
+        else:
+            next_actions = online(x).argmax(axis=1)  # a* = argmax_a Q(s', a; θ)
+            next_q = np.take_along_axis(next_q_target, next_actions[:, None], axis=1)  # Q_target(s', a*)
+        gamma = discounts if isinstance(discounts, float) else discounts.numpy()
+        return th.from_numpy(data.rewards.numpy() + gamma * (1 - data.dones.numpy()) * next_q)
+
+    def _numpy_target_mlps(self) -> tuple[NumpyMLP, NumpyMLP | None] | None:
+        """The NumPy forward passes the TD target needs (the target network's, and the online one's with
+        ``double_q``) where ``mlp_backend="numpy"`` applies to them now, else ``None``."""
+        target = self._numpy_mlp("q_net_target")
+        if target is None:
+            return None
+        if not self.double_q:
+            return target, None
+        online = self._numpy_mlp("q_net")
+        return None if online is None else (target, online)
+
+    def _numpy_mlp(self, name: str) -> NumpyMLP | None:
+        """
+        The NumPy forward pass of the network ``name`` (``"q_net"`` or ``"q_net_target"``) where
+        ``mlp_backend="numpy"`` applies to it now (see :class:`~sb3_dqn_ext.fast_update.NumpyMLP`), else ``None``.
+        Checked once per rollout and once per ``train()`` call (:meth:`_check_numpy_mlps`), as the autograd-free
+        step is: a hook registered in the middle of one takes effect from the next.
+        """
+        checked = self.__dict__.get("_numpy_checked")
+        if checked is not None and name in checked:
+            return checked[name]
+        if self.__dict__.get("mlp_backend", "torch") != "numpy" or not fast_update.ENABLED:
+            return None
+        q_net = getattr(self, name)
+        cache = self.__dict__.setdefault("_numpy_mlps", {})
+        entry = cache.get(name)
+        if entry is not None and entry[0] is q_net and (entry[1] is None or not entry[1].stale()):
+            numpy_mlp = entry[1]
+        else:  # a new network, or new layers, parameters or parameter storage
+            numpy_mlp = NumpyMLP.for_network(q_net)
+            cache[name] = (q_net, numpy_mlp)
+        return numpy_mlp if numpy_mlp is not None and numpy_mlp.ready() else None
+
+    def _check_numpy_mlps(self, *names: str) -> None:
+        """Check the NumPy forward passes of the networks ``names`` once, for the rollout or ``train()`` call that
+        starts (see :meth:`_numpy_mlp`); ``_numpy_checked = None`` ends it."""
+        self._numpy_checked = None
+        if self.__dict__.get("mlp_backend", "torch") == "numpy":
+            self._numpy_checked = {name: self._numpy_mlp(name) for name in names}
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> Any:
+        """SB3's ``collect_rollouts``, with the check of ``mlp_backend="numpy"``'s forward pass done once for it."""
+        self._check_numpy_mlps("q_net")  # (the actions)
+        try:
+            return super().collect_rollouts(*args, **kwargs)
+        finally:
+            self._numpy_checked = None
+
     def _categorical_loss(
         self, data: Any, discounts: th.Tensor | float, masks: th.Tensor | None
     ) -> tuple[th.Tensor, th.Tensor]:
@@ -642,13 +723,16 @@ class ScratchDQN(OffPolicyAlgorithm):
         if not fast_update.ENABLED:
             return None
         q_net, optimizer = self.q_net, self.policy.optimizer
+        backend = self.__dict__.get("mlp_backend", "torch")
         fast = getattr(self, "_fast_update", None)
-        if fast is None or fast.stale(q_net, optimizer):
-            if getattr(self, "_fast_update_unsupported", None) == (q_net, optimizer):
+        if fast is None or fast.stale(q_net, optimizer) or getattr(self, "_fast_update_backend", None) != backend:
+            if getattr(self, "_fast_update_unsupported", None) == (q_net, optimizer, backend):
                 return None
-            fast = FlatMLPAdam.for_network(q_net, optimizer) or FlatAdam.for_network(q_net, optimizer)
+            numpy_step = NumpyMLPAdam.for_network(q_net, optimizer) if backend == "numpy" else None
+            fast = numpy_step or FlatMLPAdam.for_network(q_net, optimizer) or FlatAdam.for_network(q_net, optimizer)
             self._fast_update = fast
-            self._fast_update_unsupported = (q_net, optimizer) if fast is None else None
+            self._fast_update_backend = backend
+            self._fast_update_unsupported = (q_net, optimizer, backend) if fast is None else None
         return fast if fast is not None and fast.ready() else None
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
@@ -662,6 +746,8 @@ class ScratchDQN(OffPolicyAlgorithm):
         # bookkeeping (bitwise the same numbers either way)
         flat = self._flat_adam()
         fast = flat if isinstance(flat, FlatMLPAdam) and flat.mlp_ready() else None
+        # mlp_backend="numpy": whether the TD targets' forward passes run in NumPy
+        self._check_numpy_mlps("q_net_target", *(("q_net",) if self.double_q else ()))
 
         losses, td_errors, weights_mean = [], [], []
         for data, td_target in self._minibatches(gradient_steps, batch_size):
@@ -678,7 +764,9 @@ class ScratchDQN(OffPolicyAlgorithm):
                     td_target = self._td_target(data)  # y = r + γ^n (1 − terminated) Q_target(s', a*)
                 if fast is not None:
                     # minimise (w ·) huber(Q(s, a; θ) − y): forward, backward, clipping and Adam in one call
-                    features = self.q_net._features(data.observations)
+                    # (the NumPy step flattens the observations itself)
+                    numpy_step = isinstance(fast, NumpyMLPAdam)
+                    features = data.observations if numpy_step else self.q_net._features(data.observations)
                     loss, q_values = fast.step(features, data.actions.long(), td_target, self.max_grad_norm, weights)
                 else:
                     q_values = self.q_net(data.observations).gather(1, data.actions.long())  # Q(s, a; θ)
@@ -707,11 +795,14 @@ class ScratchDQN(OffPolicyAlgorithm):
                 self._clip_grad_norm()
                 self.policy.optimizer.step()
 
+        self._numpy_checked = None
         self._n_updates += gradient_steps
         if gradient_steps == 0:
             return
         loss_values = th.stack(losses)
-        if not th.isfinite(loss_values).all():
+        mean_loss = loss_values.mean().item()
+        # (a non-finite loss makes the mean non-finite; the mean alone may also overflow)
+        if not math.isfinite(mean_loss) and not bool(th.isfinite(loss_values).all()):
             first_bad = int((~th.isfinite(loss_values)).nonzero()[0, 0])
             raise DivergenceError(
                 f"the loss became {loss_values[first_bad].item()} at gradient step "
@@ -719,7 +810,7 @@ class ScratchDQN(OffPolicyAlgorithm):
                 "training diverged; lower the learning rate or check rewards/observations"
             )
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/loss", loss_values.mean().item())
+        self.logger.record("train/loss", mean_loss)
         if prioritized:
             self.logger.record("train/td_error_mean", th.stack(td_errors).mean().item())
             self.logger.record("train/is_weight_mean", th.stack(weights_mean).mean().item())
@@ -758,14 +849,17 @@ class ScratchDQN(OffPolicyAlgorithm):
                     f"got {type(self.replay_buffer).__name__}"
                 )
             self.replay_buffer.enable_action_masks(int(self.action_space.n))
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+        # mlp_backend="numpy": a small network's matrix products are faster on one BLAS thread than on several
+        numpy_backend = self.__dict__.get("mlp_backend", "torch") == "numpy"
+        with threadpool_limits(limits=1, user_api="blas") if numpy_backend else contextlib.nullcontext():
+            return super().learn(
+                total_timesteps=total_timesteps,
+                callback=callback,
+                log_interval=log_interval,
+                tb_log_name=tb_log_name,
+                reset_num_timesteps=reset_num_timesteps,
+                progress_bar=progress_bar,
+            )
 
     # ------------------------------------------------------------------------------------------------ save/load
     @classmethod
@@ -821,6 +915,9 @@ class ScratchDQN(OffPolicyAlgorithm):
             "_last_action_masks",
             "_fast_update",
             "_fast_update_unsupported",
+            "_fast_update_backend",
+            "_numpy_mlps",
+            "_numpy_checked",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

@@ -34,6 +34,14 @@ step, no hook anywhere (module, parameter or optimizer hooks, global ones too) a
 optimizer state replaced since the last step. Set ``sb3_dqn_ext.fast_update.ENABLED = False`` to always use
 autograd, ``clip_grad_norm_``'s ops and ``optimizer.step()``.
 
+``ScratchDQN(mlp_backend="numpy")`` (opt-in) goes one step further for the same plain MLP: :class:`NumpyMLPAdam`
+computes the same gradient step in NumPy on zero-copy views of the same flat buffers, and :class:`NumpyMLP` the
+forward passes of the TD targets and of the rollout actions, on the networks' own weights. For a small network most
+of PyTorch's time per op is dispatch, not arithmetic; NumPy's per-op cost is a few times smaller. The mathematics
+is the same, the kernels are not (NumPy's BLAS, Adam's moments as ``β m + (1 − β) g``), so the low-order bits differ
+from the PyTorch path (``tests/test_numpy_backend.py`` pins them to it within float32 rounding, and to Q* on a small
+MDP); a run stays deterministic for its seed.
+
 For every other Q-network (dueling, noisy, C51 heads, CNN or Dict features), :class:`FlatAdam` keeps the second half:
 autograd's backward pass accumulates into the flat gradient buffer, then clipping and Adam run once on the flat
 buffers, under the same conditions on the parameters and the optimizer (CPU, float32, the same Adam settings, no
@@ -46,7 +54,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import nn
 from torch.nn import functional as F
 from torch.optim import optimizer as _optimizer_hooks
@@ -507,3 +519,278 @@ class FlatMLPAdam(FlatAdam):
         self._clip(max_grad_norm)  # clip_grad_norm_: g ← g · min(c / (‖g‖₂ + 1e-6), 1)
         self._adam()  # Adam: torch.optim.Adam's multi-tensor sequence (or fused kernel) on the flat buffers
         return loss, q_values
+
+
+# ------------------------------------------------------------------------------------------------ NumPy backend
+def _np_sigmoid(x: np.ndarray) -> np.ndarray:
+    """``σ(x) = (tanh(x / 2) + 1) / 2`` in place (no overflow for large ``|x|``)."""
+    np.multiply(x, 0.5, out=x)
+    np.tanh(x, out=x)
+    np.add(x, 1.0, out=x)
+    return np.multiply(x, 0.5, out=x)
+
+
+def _np_relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0, out=x)
+
+
+def _np_tanh(x: np.ndarray) -> np.ndarray:
+    return np.tanh(x, out=x)
+
+
+def _np_relu_backward(grad: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.multiply(grad, out > 0, out=grad)  # σ'(x) = [x > 0], read from the output as autograd does
+
+
+def _np_tanh_backward(grad: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.multiply(grad, 1.0 - out * out, out=grad)  # tanh' = 1 − tanh²
+
+
+def _np_sigmoid_backward(grad: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.multiply(grad, out * (1.0 - out), out=grad)  # σ' = σ (1 − σ)
+
+
+# activation class → (forward in place, backward in place from the activation's output)
+_NUMPY_ACTIVATIONS: dict[type, tuple[Callable[[np.ndarray], np.ndarray], Callable[..., np.ndarray]]] = {
+    nn.ReLU: (_np_relu, _np_relu_backward),
+    nn.Tanh: (_np_tanh, _np_tanh_backward),
+    nn.Sigmoid: (_np_sigmoid, _np_sigmoid_backward),
+}
+
+
+def _plain_flatten(q_net: QNetwork) -> bool:
+    """Whether the Q-network's features are its float observations flattened (SB3's ``FlattenExtractor`` on a
+    non-image ``Box``, no hook): what :class:`NumpyMLP` reads directly from the observations."""
+    extractor = q_net.features_extractor
+    if type(extractor) is not FlattenExtractor or _has_hooks(extractor) or _has_hooks(extractor.flatten):
+        return False
+    space = q_net.observation_space
+    return isinstance(space, spaces.Box) and not is_image_space(space)
+
+
+class NumpyMLP:
+    """
+    The forward pass of a :class:`~sb3_dqn_ext.policies.QNetwork`'s plain MLP (``nn.Linear`` layers with ReLU, Tanh
+    or Sigmoid), computed by NumPy on the layers' own storage: the weights are zero-copy NumPy views of the
+    parameters, so they are always the network's current values. Used by ``mlp_backend="numpy"`` to act and to
+    compute TD targets without PyTorch's per-op dispatch. Build it with :meth:`for_network` (``None`` where it does
+    not apply) and call :meth:`ready` before using it: it is false as soon as a layer, parameter storage or the
+    features extractor changed, or a hook was registered (then the PyTorch module runs, with its hooks).
+
+    :param q_net: the Q-network
+    """
+
+    def __init__(self, q_net: QNetwork) -> None:
+        self.q_net = q_net
+        self.seq = q_net.q_net
+        self.modules = tuple(self.seq._modules.values())
+        self.types = tuple(type(m) for m in self.modules)
+        self.extractor = q_net.features_extractor
+        self.linears = [(m, m.weight, m.bias) for m in self.modules if type(m) is nn.Linear]
+        self._data_ptrs = [(w.data_ptr(), b.data_ptr()) for _, w, b in self.linears]
+        # per module: (W, b) views for a linear layer, or the activation's (forward, backward)
+        self.layers: list[tuple[Any, Any]] = [
+            (m.weight.detach().numpy(), m.bias.detach().numpy())
+            if type(m) is nn.Linear
+            else _NUMPY_ACTIVATIONS[type(m)]
+            for m in self.modules
+        ]
+        self.is_linear = [type(m) is nn.Linear for m in self.modules]
+
+    @classmethod
+    def for_network(cls, q_net: QNetwork) -> NumpyMLP | None:
+        """
+        :param q_net: a Q-network
+        :return: its NumPy forward pass, or ``None`` where it does not apply (dueling, noisy or C51 heads, a
+            features extractor other than flattening a float ``Box``, other layers, not CPU float32)
+        """
+        if type(q_net) is not QNetwork or q_net.dueling or q_net.noisy or q_net.distributional:
+            return None
+        if not isinstance(q_net.q_net, nn.Sequential) or not _plain_flatten(q_net):
+            return None
+        modules = tuple(q_net.q_net._modules.values())
+        if not _layers_supported(modules) or any(
+            type(m) is not nn.Linear and type(m) not in _NUMPY_ACTIVATIONS for m in modules
+        ):
+            return None
+        params = list(q_net.parameters())
+        if len(params) != len(list(q_net.q_net.parameters())) or any(
+            p.device.type != "cpu" or p.dtype != th.float32 for p in params
+        ):
+            return None
+        return cls(q_net)
+
+    def stale(self) -> bool:
+        """Whether the network's layers, their parameters or the parameters' storage changed (e.g. ``.to()``, a deep
+        copy, a parameter replaced, the flat buffers of :class:`FlatAdam`): build a new one."""
+        if self.q_net.q_net is not self.seq or tuple(self.seq._modules.values()) != self.modules:
+            return True
+        for (module, weight, bias), (weight_ptr, bias_ptr) in zip(self.linears, self._data_ptrs, strict=True):
+            if module.weight is not weight or module.bias is not bias:
+                return True
+            if weight.data_ptr() != weight_ptr or bias.data_ptr() != bias_ptr:
+                return True
+        return False
+
+    def ready(self) -> bool:
+        """Whether :meth:`__call__` computes what ``q_net(obs)`` would: the same layers and parameters in the same
+        storage, nothing patched, no hook (global ones too)."""
+        q_net, extractor = self.q_net, self.extractor
+        if q_net.features_extractor is not extractor or _global_hooks() or self.stale():
+            return False
+        for module, module_type in zip(self.modules, self.types, strict=True):
+            # (a parametrization changes a layer's class; a patched forward is an instance attribute)
+            if type(module) is not module_type or "forward" in module.__dict__ or _has_hooks(module):
+                return False
+        return not (_has_hooks(q_net) or _has_hooks(self.seq) or _has_hooks(extractor) or _has_hooks(extractor.flatten))
+
+    @staticmethod
+    def features(obs: np.ndarray) -> np.ndarray:
+        """The network's input for a batch of observations: flattened, as float32."""
+        return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+
+    def __call__(self, x: np.ndarray, outputs: list[np.ndarray] | None = None) -> np.ndarray:
+        """
+        :param x: the features, ``(batch, features_dim)`` float32
+        :param outputs: when given, every layer's output is appended to it (for the backward pass)
+        :return: ``Q(s, ·)``, ``(batch, n_actions)``
+        """
+        h = x
+        for linear, layer in zip(self.is_linear, self.layers, strict=True):
+            if linear:
+                h = h @ layer[0].T  # x Wᵀ + b
+                h += layer[1]
+            else:
+                h = layer[0](h)  # in place (the backward pass reads activations' outputs, not their inputs)
+            if outputs is not None:
+                outputs.append(h)
+        return h
+
+
+class NumpyMLPAdam(FlatMLPAdam):
+    """
+    :class:`FlatMLPAdam`'s gradient step (forward, Huber loss, backward, clipping, Adam) computed by NumPy on the same
+    flat buffers (zero-copy views), for ``ScratchDQN(mlp_backend="numpy")``. The same mathematics as
+    ``torch.optim.Adam`` after autograd, but other kernels (NumPy's BLAS instead of PyTorch's, Adam's moments updated
+    as ``β m + (1 − β) g`` instead of ``lerp``), so only the low-order bits differ from the PyTorch path; it is
+    deterministic for a seed. It saves PyTorch's per-op dispatch, which for a small MLP costs more than the
+    arithmetic. The optimizer's state stays ``torch.optim.Adam``'s (views of the flat buffers), so saving, loading
+    and switching back to the PyTorch path continue the same run.
+
+    :param q_net: the online Q-network
+    :param optimizer: its ``torch.optim.Adam``
+    """
+
+    def __init__(self, q_net: QNetwork, optimizer: th.optim.Optimizer) -> None:
+        super().__init__(q_net, optimizer)
+        self.forward = NumpyMLP(q_net)  # (after FlatAdam made the parameters views of the flat buffer)
+        self._np_params = self.flat_params.numpy()
+        self._np_grads = self.flat_grads.numpy()
+        self._np_grad_views = [g.numpy() for g in self._grad_views]
+        self._tmp = np.empty_like(self._np_params)
+        self._tmp2 = np.empty_like(self._np_params)
+
+    @classmethod
+    def for_network(cls, q_net: QNetwork, optimizer: th.optim.Optimizer) -> NumpyMLPAdam | None:
+        """
+        :param q_net: the online Q-network
+        :param optimizer: the optimizer over its parameters
+        :return: the NumPy step for them, or ``None`` where it does not apply
+        """
+        if NumpyMLP.for_network(q_net) is None:
+            return None
+        return super().for_network(q_net, optimizer)  # type: ignore[return-value]  # (built as cls)
+
+    def mlp_ready(self) -> bool:
+        return super().mlp_ready() and self.forward.ready()
+
+    def _link_state(self) -> bool:
+        if not super()._link_state():
+            return False
+        self._np_steps = self.flat_steps.numpy()
+        self._np_exp_avg = self.flat_exp_avg.numpy()
+        self._np_exp_avg_sq = self.flat_exp_avg_sq.numpy()
+        return True
+
+    @th.no_grad()
+    def step(
+        self,
+        features: th.Tensor,
+        actions: th.Tensor,
+        td_target: th.Tensor,
+        max_grad_norm: float,
+        weights: th.Tensor | None = None,
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        One gradient step on ``L = mean_i (w_i) huber(Q(s_i, a_i) − y_i)``, as :meth:`FlatMLPAdam.step`.
+
+        :param features: the Q-network's input, ``(batch, features_dim)``
+        :param actions: ``a_i``, int64, ``(batch, 1)``
+        :param td_target: ``y_i``, ``(batch, 1)``
+        :param max_grad_norm: clip the gradient to this L2 norm
+        :param weights: importance-sampling weights ``w_i``, ``(batch,)`` (prioritized replay), or ``None``
+        :return: the loss and ``Q(s_i, a_i)``, both before the step
+        """
+        x = NumpyMLP.features(features.numpy())  # (the observations, or the features: flattened float32)
+        outputs = [x]
+        q_all = self.forward(x, outputs)
+        n = x.shape[0]
+        rows = np.arange(n)
+        chosen = actions.numpy().reshape(-1)
+        q_values = q_all[rows, chosen]  # Q(s, a; θ)
+        delta = q_values - td_target.numpy().reshape(-1)
+        abs_delta = np.abs(delta)
+        per_sample = np.where(abs_delta < 1.0, 0.5 * delta * delta, abs_delta - 0.5)  # huber(δ)
+        grad_q = np.clip(delta, -1.0, 1.0)  # ∂huber/∂δ
+        if weights is None:
+            loss = per_sample.mean()
+            grad_q /= n
+        else:
+            w = weights.numpy().reshape(-1)
+            loss = (w * per_sample).mean()
+            grad_q *= w / n
+        # backward: ∂L/∂Q(s, a) into the chosen actions' column, then layer by layer
+        grad = np.zeros_like(q_all)
+        grad[rows, chosen] = grad_q
+        grads = iter(reversed(self._np_grad_views))
+        layers = self.forward.layers
+        for index in range(len(layers) - 1, -1, -1):
+            layer = layers[index]
+            if self.forward.is_linear[index]:
+                grad_bias, grad_weight = next(grads), next(grads)
+                np.matmul(grad.T, outputs[index], out=grad_weight)  # ∂L/∂W = gᵀ x
+                np.sum(grad, axis=0, out=grad_bias)  # ∂L/∂b = Σ_i g_i
+                if index > 0:
+                    grad = grad @ layer[0]  # ∂L/∂x = g W
+            else:
+                grad = layer[1](grad, outputs[index + 1])
+        self._link_grads()
+        g = self._np_grads
+        # clip_grad_norm_: g ← g · min(c / (‖g‖₂ + 1e-6), 1)
+        scale = float(max_grad_norm) / (math.sqrt(float(np.dot(g, g))) + 1e-6)
+        if not scale >= 1.0:  # (NaN too: it propagates, as with clip_grad_norm_)
+            np.multiply(g, scale, out=g)
+        self._np_adam()
+        return th.from_numpy(np.asarray(loss, dtype=np.float32)), th.from_numpy(q_values.reshape(-1, 1))
+
+    def _np_adam(self) -> None:
+        """Adam (Kingma & Ba), as ``torch.optim.Adam`` computes it, on the flat buffers."""
+        group = self.group
+        lr, eps = float(group["lr"]), float(group["eps"])
+        beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
+        g, m, v, tmp, tmp2 = self._np_grads, self._np_exp_avg, self._np_exp_avg_sq, self._tmp, self._tmp2
+        self._np_steps += 1.0
+        t = float(self._np_steps[0])
+        np.multiply(m, beta1, out=m)
+        np.multiply(g, 1.0 - beta1, out=tmp)
+        np.add(m, tmp, out=m)  # m ← β₁ m + (1 − β₁) g
+        np.multiply(v, beta2, out=v)
+        np.multiply(g, g, out=tmp)
+        np.multiply(tmp, 1.0 - beta2, out=tmp)
+        np.add(v, tmp, out=v)  # v ← β₂ v + (1 − β₂) g²
+        np.sqrt(v, out=tmp)
+        np.divide(tmp, math.sqrt(1.0 - beta2**t), out=tmp)
+        np.add(tmp, eps, out=tmp)  # √(v / (1 − β₂ᵗ)) + ε
+        np.divide(m, tmp, out=tmp2)
+        np.multiply(tmp2, -lr / (1.0 - beta1**t), out=tmp2)
+        np.add(self._np_params, tmp2, out=self._np_params)  # θ ← θ − lr / (1 − β₁ᵗ) · m / denom

@@ -109,6 +109,8 @@ def check_hyperparameters(**params: Any) -> None:
         '"linear", "exponential" or a callable',
         schedule,
     )
+    if "mlp_backend" in p:
+        _require(p["mlp_backend"] in ("torch", "numpy"), "mlp_backend", '"torch" or "numpy"', p["mlp_backend"])
     buffer_class = p["replay_buffer_class"]
     _require(
         buffer_class is None or (isinstance(buffer_class, type) and issubclass(buffer_class, BaseBuffer)),

@@ -1,0 +1,256 @@
+"""
+``ScratchDQN(mlp_backend="numpy")``: the plain MLP's gradient step, TD targets and rollout actions in NumPy. Same
+mathematics as the PyTorch path (which is bitwise SB3's DQN), other kernels: pinned here against the PyTorch step
+within float32 rounding, against Q* on a small MDP, deterministic for a seed, and handing back to PyTorch wherever it
+does not apply.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import threadpoolctl
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.envs import FakeImageEnv
+from torch import nn
+
+from sb3_dqn_ext import ScratchDQN
+from sb3_dqn_ext.errors import ScratchDQNError
+from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLPAdam
+from tests.envs import ChainMDP, make_chain
+
+COMMON = dict(learning_starts=64, train_freq=8, target_update_interval=40, batch_size=32, seed=3)
+
+
+def _pair(activation: type[nn.Module], net_arch: list[int]) -> tuple[FlatMLPAdam, NumpyMLPAdam]:
+    """The PyTorch step and the NumPy step on two copies of the same network and optimizer."""
+    steps = []
+    for backend, step_class in (("torch", FlatMLPAdam), ("numpy", NumpyMLPAdam)):
+        model = ScratchDQN(
+            "MlpPolicy",
+            "CartPole-v1",
+            mlp_backend=backend,
+            learning_rate=3e-3,
+            policy_kwargs=dict(net_arch=net_arch, activation_fn=activation),
+            seed=0,
+        )
+        step = step_class.for_network(model.q_net, model.policy.optimizer)
+        assert type(step) is step_class and step.ready() and step.mlp_ready()
+        steps.append(step)
+    return steps[0], steps[1]
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh, nn.Sigmoid])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("max_grad_norm", [10.0, 0.05])  # 0.05: the clipping scales every step
+def test_numpy_step_is_the_torch_step_within_float32_rounding(activation, weighted, max_grad_norm):
+    torch_step, numpy_step = _pair(activation, [32, 16])
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        obs = th.as_tensor(rng.normal(size=(32, 4)), dtype=th.float32)
+        actions = th.as_tensor(rng.integers(2, size=(32, 1)))
+        td_target = th.as_tensor(rng.normal(scale=2.0, size=(32, 1)), dtype=th.float32)  # |δ| on both sides of 1
+        weights = th.as_tensor(rng.uniform(0.1, 1.0, size=32), dtype=th.float32) if weighted else None
+        loss_t, q_t = torch_step.step(torch_step.q_net._features(obs), actions, td_target, max_grad_norm, weights)
+        loss_n, q_n = numpy_step.step(obs, actions, td_target, max_grad_norm, weights)
+        assert float(loss_n) == pytest.approx(float(loss_t), rel=1e-5, abs=1e-7)
+        np.testing.assert_allclose(q_n.numpy(), q_t.numpy(), rtol=1e-5, atol=1e-6)
+    for p, q in zip(torch_step.q_net.parameters(), numpy_step.q_net.parameters(), strict=True):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-4, atol=1e-5)
+        assert not th.equal(p, q.new_zeros(q.shape))
+    # Adam's state is torch.optim.Adam's, as its own step leaves it: 25 steps, the same moments
+    for p, q in zip(torch_step.params, numpy_step.params, strict=True):
+        state_t, state_n = torch_step.optimizer.state[p], numpy_step.optimizer.state[q]
+        assert float(state_n["step"]) == float(state_t["step"]) == 25.0
+        np.testing.assert_allclose(state_n["exp_avg"].numpy(), state_t["exp_avg"].numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(state_n["exp_avg_sq"].numpy(), state_t["exp_avg_sq"].numpy(), rtol=1e-4, atol=1e-9)
+
+
+def test_numpy_step_loss_and_adam_by_hand():
+    """One step on a 1-layer network, computed by hand: Huber loss, its gradient, and Adam's first update."""
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=dict(net_arch=[]), seed=0)
+    step = NumpyMLPAdam.for_network(model.q_net, model.policy.optimizer)
+    assert step is not None and step.ready()
+    layer = model.q_net.q_net[0]
+    w, b = layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy()
+    obs = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]], dtype=np.float32)
+    actions = np.array([0, 1])
+    q = obs @ w.T + b
+    td_target = np.array([q[0, 0] + 0.5, q[1, 1] - 3.0], dtype=np.float32)  # δ = −0.5 (quadratic), +3 (linear)
+    loss, q_values = step.step(
+        th.as_tensor(obs), th.as_tensor(actions).reshape(-1, 1), th.as_tensor(td_target).reshape(-1, 1), 10.0
+    )
+    assert float(loss) == pytest.approx((0.5 * 0.25 + (3.0 - 0.5)) / 2, rel=1e-6)
+    np.testing.assert_allclose(q_values.numpy().reshape(-1), [q[0, 0], q[1, 1]], rtol=1e-6)
+    # ∂L/∂Q = clip(δ, −1, 1) / n: −0.25 for sample 0 (action 0), +0.5 for sample 1 (action 1)
+    grad_w = np.zeros_like(w)
+    grad_w[0] = -0.25 * obs[0]
+    grad_w[1] = 0.5 * obs[1]
+    grad_b = np.array([-0.25, 0.5], dtype=np.float32)
+    # Adam's first step: m̂ = g, v̂ = g², θ ← θ − lr · g / (|g| + ε)
+    lr, eps = model.policy.optimizer.param_groups[0]["lr"], 1e-8
+    np.testing.assert_allclose(layer.weight.detach().numpy(), w - lr * grad_w / (np.abs(grad_w) + eps), atol=1e-7)
+    np.testing.assert_allclose(layer.bias.detach().numpy(), b - lr * grad_b / (np.abs(grad_b) + eps), atol=1e-7)
+
+
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_numpy_td_target_is_the_torch_one(n_steps):
+    """y = r + γ^n (1 − done) Q_target(s', a*), with a* from the target network or (double_q) the online one."""
+    models = {
+        backend: ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend=backend, n_steps=n_steps, **COMMON)
+        for backend in ("torch", "numpy")
+    }
+    for model in models.values():
+        model.learn(300)  # (the same transitions in both buffers, nearly the same networks)
+    models["numpy"].policy.load_state_dict(models["torch"].policy.state_dict())
+    for model in models.values():
+        with th.no_grad():  # a target network different from the online one
+            for p in model.q_net_target.parameters():
+                p.mul_(1.1)
+    data = models["torch"].replay_buffer.sample(64)
+    for double_q in (False, True):
+        for model in models.values():
+            model.double_q = double_q
+        assert models["numpy"]._numpy_target_mlps() is not None and models["torch"]._numpy_target_mlps() is None
+        expected, got = models["torch"]._td_target(data), models["numpy"]._td_target(data)
+        assert got.dtype == expected.dtype == th.float32 and got.shape == expected.shape == (64, 1)
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+        terminal = data.dones.numpy() == 1
+        assert terminal.any()  # terminal transitions: y = r exactly
+        np.testing.assert_array_equal(got.numpy()[terminal], data.rewards.numpy()[terminal])
+
+
+def test_numpy_forward_follows_replaced_parameters_and_layers():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", seed=1)
+    obs = th.randn(8, 4)
+    mlp = model._numpy_mlp("q_net")
+    model.q_net.q_net[0].weight = nn.Parameter(th.randn_like(model.q_net.q_net[0].weight))
+    assert mlp.stale() and not mlp.ready()
+    rebuilt = model._numpy_mlp("q_net")
+    assert rebuilt is not mlp
+    with th.no_grad():
+        np.testing.assert_allclose(rebuilt(obs.numpy()), model.q_net(obs).numpy(), rtol=1e-5, atol=1e-6)
+    model.q_net.q_net[1] = nn.ELU()  # not a supported activation: PyTorch computes it
+    assert model._numpy_mlp("q_net") is None
+
+
+def _q_values_on_one_hot_states(model, n_states=5):
+    with th.no_grad():
+        return model.q_net(th.eye(n_states)).numpy()
+
+
+def test_numpy_backend_learns_q_star_on_the_chain_mdp(monkeypatch):
+    calls = []
+    step = NumpyMLPAdam.step
+    monkeypatch.setattr(NumpyMLPAdam, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
+    env = gym.wrappers.FlattenObservation(make_chain(max_episode_steps=10))  # one-hot Box observations
+    model = ScratchDQN(
+        "MlpPolicy",
+        env,
+        mlp_backend="numpy",
+        learning_rate=2e-3,
+        buffer_size=20_000,
+        learning_starts=500,
+        batch_size=64,
+        gamma=0.9,
+        train_freq=4,
+        gradient_steps=4,
+        target_update_interval=40,
+        exploration_fraction=0.5,
+        exploration_final_eps=0.1,
+        policy_kwargs=dict(net_arch=[64, 64]),
+        seed=1,
+    ).learn(4000)
+    assert len(calls) == 4 * (4000 - 500) // 4  # every gradient step in NumPy
+    q_star = ChainMDP.optimal_q(gamma=0.9)
+    learned = _q_values_on_one_hot_states(model)
+    assert np.abs(learned - q_star).max() < 0.1  # 5% of max |Q*|, as for the PyTorch path
+    assert (learned.argmax(1) == q_star.argmax(1)).all()
+
+
+def test_numpy_backend_is_deterministic_per_seed_and_differs_from_torch_only_in_low_bits():
+    kwargs = dict(COMMON, policy_kwargs=dict(net_arch=[32, 32]))
+    runs = [ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend=b, **kwargs).learn(600) for b in ("numpy", "numpy")]
+    assert isinstance(runs[0]._fast_update, NumpyMLPAdam)
+    for p, q in zip(runs[0].policy.parameters(), runs[1].policy.parameters(), strict=True):
+        assert th.equal(p, q)
+    torch_run = ScratchDQN("MlpPolicy", "CartPole-v1", **kwargs).learn(600)
+    assert torch_run.mlp_backend == "torch" and type(torch_run._fast_update) is FlatMLPAdam
+    for p, q in zip(runs[0].policy.parameters(), torch_run.policy.parameters(), strict=True):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        dict(policy_kwargs=dict(dueling=True)),
+        dict(policy_kwargs=dict(noisy=True)),
+        dict(policy_kwargs=dict(optimizer_class=th.optim.SGD)),
+        dict(policy="CnnPolicy", env=FakeImageEnv(screen_height=36, screen_width=36, n_channels=1, discrete=True)),
+    ],
+    ids=["dueling", "noisy", "sgd", "cnn"],
+)
+def test_numpy_backend_falls_back_to_torch_where_it_does_not_apply(args):
+    args = dict(args)
+    policy, env = args.pop("policy", "MlpPolicy"), args.pop("env", "CartPole-v1")
+    model = ScratchDQN(policy, env, mlp_backend="numpy", buffer_size=2000, **COMMON, **args).learn(200)
+    assert not isinstance(model._fast_update, NumpyMLPAdam)
+    # the forward pass (actions, TD targets) does not depend on the optimizer: SGD keeps it in NumPy
+    forward_in_numpy = args.get("policy_kwargs", {}).get("optimizer_class") is th.optim.SGD
+    assert (model._numpy_mlp("q_net") is not None) == forward_in_numpy
+    assert (model._numpy_mlp("q_net_target") is not None) == forward_in_numpy
+
+
+def test_a_hook_sends_the_numpy_backend_back_to_torch():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", **COMMON).learn(100)
+    assert model._numpy_mlp("q_net_target") is not None and model._fast_update.mlp_ready()
+    seen = []
+    model.q_net.q_net[0].register_forward_hook(lambda module, inputs, output: seen.append(1))
+    assert model._numpy_mlp("q_net") is None and not model._fast_update.mlp_ready()
+    model.learn(100, reset_num_timesteps=False)
+    assert seen  # the hook ran: actions and gradient steps went through the module
+
+
+def test_invalid_mlp_backend_is_named():
+    with pytest.raises(ScratchDQNError, match="mlp_backend"):
+        ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="jax")
+
+
+def test_save_load_and_switching_backend_continue_the_run(tmp_path):
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", **COMMON).learn(300)
+    n_steps = float(next(iter(model.policy.optimizer.state.values()))["step"])
+    model.save(tmp_path / "model.zip")
+    loaded = ScratchDQN.load(tmp_path / "model.zip", env=gym.make("CartPole-v1"))
+    assert loaded.mlp_backend == "numpy"
+    for p, q in zip(model.policy.parameters(), loaded.policy.parameters(), strict=True):
+        assert th.equal(p, q)
+    loaded.learn(80, reset_num_timesteps=False)
+    assert isinstance(loaded._fast_update, NumpyMLPAdam)
+    # 10 more train() calls of one gradient step: Adam's step count continues from the saved state
+    assert float(next(iter(loaded.policy.optimizer.state.values()))["step"]) == n_steps + 10
+    loaded.mlp_backend = "torch"
+    loaded.learn(80, reset_num_timesteps=False)
+    assert type(loaded._fast_update) is FlatMLPAdam
+    assert float(next(iter(loaded.policy.optimizer.state.values()))["step"]) == n_steps + 20
+
+
+class _BlasThreads(BaseCallback):
+    def _on_step(self) -> bool:
+        self.threads = {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+        return True
+
+
+def test_blas_is_limited_to_one_thread_during_learn_only():
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    callback = _BlasThreads()
+    ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", **COMMON).learn(10, callback=callback)
+    assert callback.threads <= {1}
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
+
+
+def test_flat_adam_still_used_with_numpy_backend_for_other_heads():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=dict(dueling=True), **COMMON)
+    model.learn(200)
+    assert type(model._fast_update) is FlatAdam
