@@ -626,7 +626,8 @@ class NumpyMLP:
         if self.q_net.q_net is not self.seq or tuple(self.seq._modules.values()) != self.modules:
             return True
         for (module, weight, bias), (weight_ptr, bias_ptr) in zip(self.linears, self._data_ptrs, strict=True):
-            if module.weight is not weight or module.bias is not bias:
+            params = module._parameters  # (module.weight would go through nn.Module.__getattr__)
+            if params.get("weight") is not weight or params.get("bias") is not bias:
                 return True
             if weight.data_ptr() != weight_ptr or bias.data_ptr() != bias_ptr:
                 return True
@@ -647,6 +648,8 @@ class NumpyMLP:
     @staticmethod
     def features(obs: np.ndarray) -> np.ndarray:
         """The network's input for a batch of observations: flattened, as float32."""
+        if obs.dtype == np.float32 and obs.ndim == 2:
+            return obs
         return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
 
     def __call__(self, x: np.ndarray, outputs: list[np.ndarray] | None = None) -> np.ndarray:
@@ -689,6 +692,7 @@ class NumpyMLPAdam(FlatMLPAdam):
         self._np_grad_views = [g.numpy() for g in self._grad_views]
         self._tmp = np.empty_like(self._np_params)
         self._tmp2 = np.empty_like(self._np_params)
+        self._ones: dict[int, np.ndarray] = {}  # batch size → a row of ones (Σ_i as a product)
 
     @classmethod
     def for_network(cls, q_net: QNetwork, optimizer: th.optim.Optimizer) -> NumpyMLPAdam | None:
@@ -712,7 +716,6 @@ class NumpyMLPAdam(FlatMLPAdam):
         self._np_exp_avg_sq = self.flat_exp_avg_sq.numpy()
         return True
 
-    @th.no_grad()
     def step(
         self,
         features: th.Tensor,
@@ -740,18 +743,22 @@ class NumpyMLPAdam(FlatMLPAdam):
         q_values = q_all[rows, chosen]  # Q(s, a; θ)
         delta = q_values - td_target.numpy().reshape(-1)
         abs_delta = np.abs(delta)
-        per_sample = np.where(abs_delta < 1.0, 0.5 * delta * delta, abs_delta - 0.5)  # huber(δ)
-        grad_q = np.clip(delta, -1.0, 1.0)  # ∂huber/∂δ
+        clipped = np.minimum(abs_delta, 1.0)
+        per_sample = clipped * (abs_delta - 0.5 * clipped)  # huber(δ): δ²/2 where |δ| < 1, |δ| − 1/2 elsewhere
+        grad_q = np.maximum(np.minimum(delta, 1.0), -1.0)  # ∂huber/∂δ = clip(δ, −1, 1)
         if weights is None:
-            loss = per_sample.mean()
+            loss = per_sample.sum() / n
             grad_q /= n
         else:
             w = weights.numpy().reshape(-1)
-            loss = (w * per_sample).mean()
+            loss = np.dot(w, per_sample) / n
             grad_q *= w / n
         # backward: ∂L/∂Q(s, a) into the chosen actions' column, then layer by layer
         grad = np.zeros_like(q_all)
         grad[rows, chosen] = grad_q
+        ones = self._ones.get(n)
+        if ones is None:
+            ones = self._ones[n] = np.ones(n, dtype=np.float32)
         grads = iter(reversed(self._np_grad_views))
         layers = self.forward.layers
         for index in range(len(layers) - 1, -1, -1):
@@ -759,7 +766,7 @@ class NumpyMLPAdam(FlatMLPAdam):
             if self.forward.is_linear[index]:
                 grad_bias, grad_weight = next(grads), next(grads)
                 np.matmul(grad.T, outputs[index], out=grad_weight)  # ∂L/∂W = gᵀ x
-                np.sum(grad, axis=0, out=grad_bias)  # ∂L/∂b = Σ_i g_i
+                np.dot(ones, grad, out=grad_bias)  # ∂L/∂b = Σ_i g_i
                 if index > 0:
                     grad = grad @ layer[0]  # ∂L/∂x = g W
             else:
@@ -788,9 +795,10 @@ class NumpyMLPAdam(FlatMLPAdam):
         np.multiply(g, g, out=tmp)
         np.multiply(tmp, 1.0 - beta2, out=tmp)
         np.add(v, tmp, out=v)  # v ← β₂ v + (1 − β₂) g²
+        # θ ← θ − lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε), with √(1 − β₂ᵗ) moved to the numerator
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
         np.sqrt(v, out=tmp)
-        np.divide(tmp, math.sqrt(1.0 - beta2**t), out=tmp)
-        np.add(tmp, eps, out=tmp)  # √(v / (1 − β₂ᵗ)) + ε
+        np.add(tmp, eps * bias_correction2_sqrt, out=tmp)
         np.divide(m, tmp, out=tmp2)
-        np.multiply(tmp2, -lr / (1.0 - beta1**t), out=tmp2)
-        np.add(self._np_params, tmp2, out=self._np_params)  # θ ← θ − lr / (1 − β₁ᵗ) · m / denom
+        np.multiply(tmp2, -lr * bias_correction2_sqrt / (1.0 - beta1**t), out=tmp2)
+        np.add(self._np_params, tmp2, out=self._np_params)

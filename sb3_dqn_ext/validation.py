@@ -192,10 +192,20 @@ def check_finite_transition(
     :param infos: the infos; their ``terminal_observation`` is checked too
     :param timestep: ``num_timesteps``, for the message
     """
-    if _has_non_finite(rewards):
-        raise DivergenceError(f"the env returned a non-finite reward {rewards} at timestep {timestep}")
-    if _has_non_finite(new_obs):
-        raise DivergenceError(f"the env returned a non-finite next observation at timestep {timestep}: {new_obs}")
+    # one pass for the common case: a finite sum means every term is finite (NaN or ±inf make the sum non-finite; a
+    # sum of finite values that overflows goes to the exact checks below, which pass it)
+    all_finite = (
+        type(rewards) is np.ndarray
+        and type(new_obs) is np.ndarray
+        and rewards.dtype.kind == "f"
+        and new_obs.dtype.kind == "f"
+        and math.isfinite(float(rewards.sum()) + float(new_obs.sum()))
+    )
+    if not all_finite:
+        if _has_non_finite(rewards):
+            raise DivergenceError(f"the env returned a non-finite reward {rewards} at timestep {timestep}")
+        if _has_non_finite(new_obs):
+            raise DivergenceError(f"the env returned a non-finite next observation at timestep {timestep}: {new_obs}")
     if obs is not None and _has_non_finite(obs):
         raise DivergenceError(f"the env returned a non-finite observation at timestep {timestep}: {obs}")
     for env_index, info in enumerate(infos):

@@ -539,9 +539,15 @@ def test_check_finite_transition_names_what_is_not_finite():
     good = np.zeros((2, 3), np.float32)
     check_finite_transition(good, good, np.zeros(2), [{}, {}], 7)
     check_finite_transition(np.full((1, 2), 255, np.uint8), {"x": good}, np.zeros(1), [{}], 7)
+    # finite values whose float32 sum overflows are finite (the one-pass sum check hands them to the exact one)
+    huge = np.full((2, 3), 3e38, np.float32)
+    assert not np.isfinite(huge.sum())
+    check_finite_transition(None, huge, np.full(2, 3e38, np.float32), [{}, {}], 7)
     terminal_nan = [{}, {"terminal_observation": np.array([np.nan])}]
     cases = [
         ((good, good, np.array([0.0, np.inf]), [{}, {}]), "reward"),
+        ((None, good, np.array([np.inf, -np.inf]), [{}, {}]), "reward"),  # (a NaN sum)
+        ((None, np.array([[np.inf, -np.inf, 0.0]]), np.zeros(1), [{}]), "next observation"),
         ((good, {"x": np.array([np.nan])}, np.zeros(2), [{}, {}]), "next observation"),
         ((np.array([[-np.inf]]), good, np.zeros(2), [{}, {}]), "observation"),
         ((good, good, np.zeros(2), terminal_nan), r"terminal observation .*\(env 1\)"),
