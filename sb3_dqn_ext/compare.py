@@ -196,6 +196,9 @@ _PER = dict(replay_buffer_class=PrioritizedReplayBuffer, replay_buffer_kwargs=di
 ALGORITHMS: dict[str, Algorithm] = {
     "sb3_dqn": Algorithm("stable_baselines3:DQN", "SB3's DQN", package="stable-baselines3"),
     "scratch_dqn": Algorithm("sb3_dqn_ext:ScratchDQN", "ScratchDQN, no extension"),
+    "scratch_dqn_numpy": Algorithm(
+        "sb3_dqn_ext:ScratchDQN", "ScratchDQN, no extension, NumPy MLP backend", kwargs=dict(mlp_backend="numpy")
+    ),
     "double": Algorithm("sb3_dqn_ext:ScratchDQN", "ScratchDQN + Double DQN", kwargs=dict(double_q=True)),
     "dueling": Algorithm("sb3_dqn_ext:ScratchDQN", "ScratchDQN + dueling head", policy_kwargs=dict(dueling=True)),
     "per": Algorithm("sb3_dqn_ext:ScratchDQN", "ScratchDQN + prioritized replay (α 0.6, β 0.4 → 1)", kwargs=_PER),
