@@ -164,9 +164,10 @@ class ScratchDQN(OffPolicyAlgorithm):
         ``"linear"`` (SB3's), ``"exponential"``, or a callable of SB3's ``progress_remaining``
     :param mlp_backend: what computes a plain MLP Q-network on CPU (``nn.Linear`` layers with ReLU, Tanh or Sigmoid
         on flattened ``Box`` observations, Adam): ``"torch"`` (default: the numbers of SB3's DQN, bitwise) or
-        ``"numpy"``: the gradient step, the TD targets and the rollout actions in NumPy on the same weights, which
-        for small networks skips most of PyTorch's per-op overhead. The mathematics is the same; the low-order bits
-        differ from the ``"torch"`` backend (another BLAS), runs stay deterministic for a seed. While ``learn()``
+        ``"numpy"``: the gradient step, the TD targets and the greedy actions (rollouts, ``predict``) in NumPy on the
+        same weights, which for small networks skips most of PyTorch's per-op overhead. The mathematics is the same;
+        the low-order bits differ from the ``"torch"`` backend (another BLAS), runs stay deterministic for a seed.
+        While ``learn()``
         runs with it, NumPy's BLAS is limited to one thread (``threadpoolctl``): a small network's products are
         slower on several. Anything else (CNN or Dict features, dueling, noisy or C51 heads, action masks, hooks)
         uses the PyTorch path, as does the gradient step with another optimizer than Adam.
@@ -544,9 +545,21 @@ class ScratchDQN(OffPolicyAlgorithm):
                 action = np.array([self.action_space.sample() for _ in range(n_batch)])
             else:
                 action = np.array(self.action_space.sample())
+        elif isinstance(observation, np.ndarray) and (numpy_mlp := self._numpy_mlp("q_net")) is not None:
+            action = self._numpy_predict(numpy_mlp, observation)  # mlp_backend="numpy"
         else:
             action, state = self.policy.predict(observation, state, episode_start, deterministic)
         return action, state
+
+    def _numpy_predict(self, numpy_mlp: NumpyMLP, observation: np.ndarray) -> np.ndarray:
+        """The greedy action(s) of ``policy.predict``, computed by ``mlp_backend="numpy"``: the same checks of the
+        observation's shape, the same shapes and dtype out."""
+        if self.policy.training:
+            self.policy.set_training_mode(False)  # (as policy.predict leaves it)
+        vectorized = self.policy.is_vectorized_observation(observation)  # (raises SB3's error for a wrong shape)
+        obs = observation.reshape((-1, *self.observation_space.shape))  # type: ignore[misc]
+        action = numpy_mlp(numpy_mlp.features(obs)).argmax(axis=1)  # argmax_a Q(s, a)
+        return action if vectorized else action.squeeze(axis=0)
 
     def _predict_masked(self, observation: Any, action_masks: np.ndarray, deterministic: bool) -> np.ndarray:
         self.policy.set_training_mode(False)

@@ -254,3 +254,26 @@ def test_flat_adam_still_used_with_numpy_backend_for_other_heads():
     model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=dict(dueling=True), **COMMON)
     model.learn(200)
     assert type(model._fast_update) is FlatAdam
+
+
+def test_numpy_predict_is_policy_predict():
+    """Greedy actions, their shapes and dtype, and SB3's error for a wrong shape, as ``policy.predict`` gives them."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    model = ScratchDQN("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), mlp_backend="numpy", seed=0)
+    assert model._numpy_mlp("q_net") is not None
+    rng = np.random.default_rng(0)
+    batch = rng.normal(size=(256, 4)).astype(np.float32)
+    expected, _ = model.policy.predict(batch, deterministic=True)
+    got, state = model.predict(batch, deterministic=True)
+    assert state is None and got.dtype == expected.dtype and got.shape == expected.shape == (256,)
+    np.testing.assert_array_equal(got, expected)
+    single = batch[0].astype(np.float64)  # (another dtype: converted as SB3 converts it)
+    expected, _ = model.policy.predict(single, deterministic=True)
+    got, _ = model.predict(single, deterministic=True)
+    assert got.shape == expected.shape == () and got == expected
+    model.policy.set_training_mode(True)
+    model.predict(single, deterministic=True)
+    assert not model.policy.training  # (as policy.predict leaves it)
+    with pytest.raises(ValueError, match="Error: Unexpected observation shape"):
+        model.predict(np.zeros((3, 5), np.float32), deterministic=True)
