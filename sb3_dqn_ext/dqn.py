@@ -545,11 +545,30 @@ class ScratchDQN(OffPolicyAlgorithm):
                 action = np.array([self.action_space.sample() for _ in range(n_batch)])
             else:
                 action = np.array(self.action_space.sample())
-        elif isinstance(observation, np.ndarray) and (numpy_mlp := self._numpy_mlp("q_net")) is not None:
+        elif isinstance(observation, np.ndarray) and (numpy_mlp := self._numpy_predictor()) is not None:
             action = self._numpy_predict(numpy_mlp, observation)  # mlp_backend="numpy"
         else:
             action, state = self.policy.predict(observation, state, episode_start, deterministic)
         return action, state
+
+    def _numpy_predictor(self) -> NumpyMLP | None:
+        """
+        The NumPy forward pass for ``predict``, where ``policy.predict`` would compute exactly
+        ``argmax_a q_net(s, a)`` (the policy's classes' own ``predict``, ``obs_to_tensor`` and ``_predict``, nothing
+        patched, ``policy.q_net`` being ``q_net``); checked at each call (``predict`` runs outside rollouts and
+        ``train()``).
+        """
+        policy = self.policy
+        if (
+            self.__dict__.get("mlp_backend", "torch") != "numpy"
+            or policy.q_net is not self.q_net
+            or type(policy)._predict is not DQNPolicy._predict
+            or type(policy).predict is not BasePolicy.predict
+            or type(policy).obs_to_tensor is not BasePolicy.obs_to_tensor
+            or any(name in policy.__dict__ for name in ("predict", "_predict", "obs_to_tensor"))
+        ):
+            return None
+        return self._numpy_mlp("q_net", use_checked=False)
 
     def _numpy_predict(self, numpy_mlp: NumpyMLP, observation: np.ndarray) -> np.ndarray:
         """The greedy action(s) of ``policy.predict``, computed by ``mlp_backend="numpy"``: the same checks of the
@@ -659,7 +678,7 @@ class ScratchDQN(OffPolicyAlgorithm):
         else:
             next_actions = online(x).argmax(axis=1)  # a* = argmax_a Q(s', a; θ)
             next_q = np.take_along_axis(next_q_target, next_actions[:, None], axis=1)  # Q_target(s', a*)
-        gamma = discounts if isinstance(discounts, float) else discounts.numpy()
+        gamma = discounts.numpy() if isinstance(discounts, th.Tensor) else float(discounts)
         return th.from_numpy(data.rewards.numpy() + gamma * (1 - data.dones.numpy()) * next_q)
 
     def _numpy_target_mlps(self) -> tuple[NumpyMLP, NumpyMLP | None] | None:
@@ -673,14 +692,14 @@ class ScratchDQN(OffPolicyAlgorithm):
         online = self._numpy_mlp("q_net")
         return None if online is None else (target, online)
 
-    def _numpy_mlp(self, name: str) -> NumpyMLP | None:
+    def _numpy_mlp(self, name: str, use_checked: bool = True) -> NumpyMLP | None:
         """
         The NumPy forward pass of the network ``name`` (``"q_net"`` or ``"q_net_target"``) where
         ``mlp_backend="numpy"`` applies to it now (see :class:`~sb3_dqn_ext.fast_update.NumpyMLP`), else ``None``.
         Checked once per rollout and once per ``train()`` call (:meth:`_check_numpy_mlps`), as the autograd-free
-        step is: a hook registered in the middle of one takes effect from the next.
+        step is: a hook registered in the middle of one takes effect from the next (``use_checked=False``: check now).
         """
-        checked = self.__dict__.get("_numpy_checked")
+        checked = self.__dict__.get("_numpy_checked") if use_checked else None
         if checked is not None and name in checked:
             return checked[name]
         if self.__dict__.get("mlp_backend", "torch") != "numpy" or not fast_update.ENABLED:
@@ -688,9 +707,9 @@ class ScratchDQN(OffPolicyAlgorithm):
         q_net = getattr(self, name)
         cache = self.__dict__.setdefault("_numpy_mlps", {})
         entry = cache.get(name)
-        if entry is not None and entry[0] is q_net and (entry[1] is None or not entry[1].stale()):
+        if entry is not None and entry[0] is q_net and entry[1] is not None and not entry[1].stale():
             numpy_mlp = entry[1]
-        else:  # a new network, or new layers, parameters or parameter storage
+        else:  # a new network, new layers, parameters or parameter storage, or one not supported the last time
             numpy_mlp = NumpyMLP.for_network(q_net)
             cache[name] = (q_net, numpy_mlp)
         return numpy_mlp if numpy_mlp is not None and numpy_mlp.ready() else None
@@ -808,6 +827,7 @@ class ScratchDQN(OffPolicyAlgorithm):
                 self._clip_grad_norm()
                 self.policy.optimizer.step()
 
+        # (the check holds for this call only; predict() never reads it, and the next rollout or train() replaces it)
         self._numpy_checked = None
         self._n_updates += gradient_steps
         if gradient_steps == 0:
@@ -863,7 +883,9 @@ class ScratchDQN(OffPolicyAlgorithm):
                 )
             self.replay_buffer.enable_action_masks(int(self.action_space.n))
         # mlp_backend="numpy": a small network's matrix products are faster on one BLAS thread than on several
-        numpy_backend = self.__dict__.get("mlp_backend", "torch") == "numpy"
+        numpy_backend = (
+            self.__dict__.get("mlp_backend", "torch") == "numpy" and NumpyMLP.for_network(self.q_net) is not None
+        )
         with threadpool_limits(limits=1, user_api="blas") if numpy_backend else contextlib.nullcontext():
             return super().learn(
                 total_timesteps=total_timesteps,
@@ -915,6 +937,13 @@ class ScratchDQN(OffPolicyAlgorithm):
                 buffer.truncate_last_trajectory()
         # Update saved replay buffer device to match current setting, see SB3 GH#1561
         self.replay_buffer.device = self.device
+
+    def __getstate__(self) -> dict[str, Any]:
+        # (the NumPy forward passes are views of this model's weights; a copy or an unpickled model builds its own)
+        state = self.__dict__.copy()
+        state.pop("_numpy_mlps", None)
+        state.pop("_numpy_checked", None)
+        return state
 
     def _excluded_save_params(self) -> list[str]:
         return [

@@ -613,6 +613,11 @@ class NumpyMLP:
             type(m) is not nn.Linear and type(m) not in _NUMPY_ACTIVATIONS for m in modules
         ):
             return None
+        # (activations run in place on the previous layer's output: two in a row would overwrite what the first
+        # one's backward pass reads)
+        activation = [type(m) is not nn.Linear for m in modules]
+        if any(activation[i] and activation[i + 1] for i in range(len(modules) - 1)):
+            return None
         params = list(q_net.parameters())
         if len(params) != len(list(q_net.q_net.parameters())) or any(
             p.device.type != "cpu" or p.dtype != th.float32 for p in params
@@ -639,6 +644,8 @@ class NumpyMLP:
         q_net, extractor = self.q_net, self.extractor
         if q_net.features_extractor is not extractor or _global_hooks() or self.stale():
             return False
+        if any(name in q_net.__dict__ for name in ("forward", "_predict")) or "forward" in self.seq.__dict__:
+            return False  # (patched on the instance)
         for module, module_type in zip(self.modules, self.types, strict=True):
             # (a parametrization changes a layer's class; a patched forward is an instance attribute)
             if type(module) is not module_type or "forward" in module.__dict__ or _has_hooks(module):
@@ -650,7 +657,7 @@ class NumpyMLP:
         """The network's input for a batch of observations: flattened, as float32."""
         if obs.dtype == np.float32 and obs.ndim == 2:
             return obs
-        return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+        return np.asarray(obs, dtype=np.float32).reshape(obs.shape[0], math.prod(obs.shape[1:]))
 
     def __call__(self, x: np.ndarray, outputs: list[np.ndarray] | None = None) -> np.ndarray:
         """

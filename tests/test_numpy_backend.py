@@ -7,6 +7,8 @@ does not apply.
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -18,7 +20,8 @@ from torch import nn
 
 from sb3_dqn_ext import ScratchDQN
 from sb3_dqn_ext.errors import ScratchDQNError
-from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLPAdam
+from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLP, NumpyMLPAdam
+from sb3_dqn_ext.policies import DQNPolicy
 from tests.envs import ChainMDP, make_chain
 
 COMMON = dict(learning_starts=64, train_freq=8, target_update_interval=40, batch_size=32, seed=3)
@@ -277,3 +280,86 @@ def test_numpy_predict_is_policy_predict():
     assert not model.policy.training  # (as policy.predict leaves it)
     with pytest.raises(ValueError, match="Error: Unexpected observation shape"):
         model.predict(np.zeros((3, 5), np.float32), deterministic=True)
+
+
+# ------------------------------------------------------------------- cases found in review (each failed before its fix)
+def test_integer_gamma_with_the_numpy_td_target():
+    """``gamma=1`` (an int, accepted by the validation) reaches the NumPy TD target as a Python int."""
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", gamma=1, **COMMON).learn(200)
+    assert isinstance(model._fast_update, NumpyMLPAdam)
+    data = model.replay_buffer.sample(16)
+    with th.no_grad():
+        expected = data.rewards + (1 - data.dones) * model.q_net_target(data.next_observations).max(1, keepdim=True)[0]
+    np.testing.assert_allclose(model._td_target(data).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+class _AlwaysOne(DQNPolicy):
+    def _predict(self, obs, deterministic=True):
+        return th.ones(obs.shape[0], dtype=th.long)
+
+
+def test_predict_goes_through_a_customised_policy():
+    obs = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    model = ScratchDQN(_AlwaysOne, "CartPole-v1", mlp_backend="numpy", seed=0)
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], np.ones(6))
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", seed=0)
+    replaced = copy.deepcopy(model.policy.q_net)
+    with th.no_grad():
+        for p in replaced.parameters():
+            p.zero_()
+        replaced.q_net[-1].bias.copy_(th.tensor([0.0, 1.0]))
+    model.policy.q_net = replaced  # (no longer model.q_net)
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], np.ones(6))
+
+
+def test_predict_after_an_exception_in_train_and_in_a_deep_copy_checks_again():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", double_q=True, **COMMON).learn(100)
+    obs = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("sampling failed")
+
+    model.replay_buffer._sample_batches = fail
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        model.train(1, 32)
+    seen = []
+    model.q_net.register_forward_hook(lambda module, inputs, output: seen.append(1))
+    model.predict(obs, deterministic=True)
+    assert seen  # the hook ran: predict did not reuse the check of the failed train() call
+    # a deep copy taken in the middle of a rollout (e.g. by a callback) builds its own NumPy forward passes
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", **COMMON).learn(100)
+    model._check_numpy_mlps("q_net")
+    snapshot = copy.deepcopy(model)
+    with th.no_grad():
+        for p in snapshot.q_net.parameters():
+            p.zero_()
+        snapshot.q_net.q_net[-1].bias.copy_(th.tensor([0.0, 1.0]))
+    np.testing.assert_array_equal(snapshot.predict(obs, deterministic=True)[0], np.ones(3))
+    assert snapshot._numpy_mlp("q_net")(obs).argmax(1).tolist() == [1, 1, 1]
+
+
+def test_two_activations_in_a_row_stay_on_pytorch():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", seed=0)
+    model.q_net.q_net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Sigmoid(), nn.Linear(8, 2))
+    assert NumpyMLP.for_network(model.q_net) is None
+
+
+def test_a_network_supported_again_returns_to_numpy_and_empty_batches_predict():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", seed=0)
+    model.q_net_target.double()
+    assert model._numpy_mlp("q_net_target") is None
+    model.q_net_target.float()
+    assert model._numpy_mlp("q_net_target") is not None
+    for dtype in (np.float32, np.float64):
+        empty = np.zeros((0, 4), dtype)
+        expected = model.policy.predict(empty, deterministic=True)[0]
+        got = model.predict(empty, deterministic=True)[0]
+        assert got.shape == expected.shape == (0,)
+
+
+def test_blas_is_not_limited_where_the_numpy_backend_does_not_apply():
+    callback = _BlasThreads()
+    before = {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=dict(dueling=True), **COMMON)
+    model.learn(10, callback=callback)
+    assert callback.threads == before
