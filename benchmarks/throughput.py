@@ -273,6 +273,11 @@ class Breakdown:
 NUMPY = "ScratchDQN numpy"
 
 
+def per_update_and_overhead(run: dict[str, float]) -> tuple[float, float]:
+    """Seconds per gradient step, and per env step outside ``env.step`` and ``train()`` (the loop's overhead)."""
+    return run["train"] / max(run["updates"], 1), (run["wall"] - run["train"] - run["env"]) / run["steps"]
+
+
 def algo_kwargs(name: str, config: Config) -> dict[str, Any]:
     """The keyword arguments that column ``name`` adds to the configuration's."""
     if name == "ScratchDQN":
@@ -723,8 +728,7 @@ def main() -> None:
                 if name not in best:
                     continue
                 run, label = best[name], config.name + (" [numpy]" if name == NUMPY else "")
-                per_update = run["train"] / max(run["updates"], 1)
-                overhead = (run["wall"] - run["train"] - run["env"]) / run["steps"]
+                per_update, overhead = per_update_and_overhead(run)
                 detail.append(
                     f"| {label} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
                     f"({per_update / f['eager_step']:.2f}x) | {f['gemms'] * 1e3:.3f} ms "
@@ -742,8 +746,7 @@ def main() -> None:
             obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
             env.close()
             f = cnn_floors(obs_shape, n_actions, config.kwargs["batch_size"])
-            per_update = ours["train"] / max(ours["updates"], 1)
-            overhead = (ours["wall"] - ours["train"] - ours["env"]) / ours["steps"]
+            per_update, overhead = per_update_and_overhead(ours)
             detail.append(
                 f"| {config.name} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
                 f"({per_update / f['eager_step']:.2f}x) | - | {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs "

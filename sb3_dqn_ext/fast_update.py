@@ -734,7 +734,7 @@ class NumpyMLPAdam(FlatMLPAdam):
         """
         One gradient step on ``L = mean_i (w_i) huber(Q(s_i, a_i) − y_i)``, as :meth:`FlatMLPAdam.step`.
 
-        :param features: the Q-network's input, ``(batch, features_dim)``
+        :param features: the Q-network's input, ``(batch, features_dim)``, or the observations it flattens into it
         :param actions: ``a_i``, int64, ``(batch, 1)``
         :param td_target: ``y_i``, ``(batch, 1)``
         :param max_grad_norm: clip the gradient to this L2 norm

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import threadpoolctl
 import torch as th
+from envs import ChainMDP, make_chain
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.envs import FakeImageEnv
+from test_dqn_core import CHAIN_Q_STAR_KWARGS, CHAIN_Q_STAR_STEPS, CHAIN_Q_STAR_TOLERANCE
 from torch import nn
 
 from sb3_dqn_ext import ScratchDQN
 from sb3_dqn_ext.errors import ScratchDQNError
 from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLP, NumpyMLPAdam
 from sb3_dqn_ext.policies import DQNPolicy
-from tests.envs import ChainMDP, make_chain
 
 COMMON = dict(learning_starts=64, train_freq=8, target_update_interval=40, batch_size=32, seed=3)
 
@@ -149,27 +150,16 @@ def test_numpy_backend_learns_q_star_on_the_chain_mdp(monkeypatch):
     step = NumpyMLPAdam.step
     monkeypatch.setattr(NumpyMLPAdam, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
     env = gym.wrappers.FlattenObservation(make_chain(max_episode_steps=10))  # one-hot Box observations
-    model = ScratchDQN(
-        "MlpPolicy",
-        env,
-        mlp_backend="numpy",
-        learning_rate=2e-3,
-        buffer_size=20_000,
-        learning_starts=500,
-        batch_size=64,
-        gamma=0.9,
-        train_freq=4,
-        gradient_steps=4,
-        target_update_interval=40,
-        exploration_fraction=0.5,
-        exploration_final_eps=0.1,
-        policy_kwargs=dict(net_arch=[64, 64]),
-        seed=1,
-    ).learn(4000)
-    assert len(calls) == 4 * (4000 - 500) // 4  # every gradient step in NumPy
+    model = ScratchDQN("MlpPolicy", env, mlp_backend="numpy", **CHAIN_Q_STAR_KWARGS).learn(CHAIN_Q_STAR_STEPS)
+    kwargs = CHAIN_Q_STAR_KWARGS
+    # every gradient step in NumPy
+    assert (
+        len(calls)
+        == kwargs["gradient_steps"] * (CHAIN_Q_STAR_STEPS - kwargs["learning_starts"]) // kwargs["train_freq"]
+    )
     q_star = ChainMDP.optimal_q(gamma=0.9)
     learned = _q_values_on_one_hot_states(model)
-    assert np.abs(learned - q_star).max() < 0.1  # 5% of max |Q*|, as for the PyTorch path
+    assert np.abs(learned - q_star).max() < CHAIN_Q_STAR_TOLERANCE  # as for the PyTorch path
     assert (learned.argmax(1) == q_star.argmax(1)).all()
 
 
