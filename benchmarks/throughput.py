@@ -2,7 +2,7 @@
 Throughput: ScratchDQN vs SB3's DQN (and SBX's DQN when ``sbx-rl`` is installed) at identical settings.
 
     python benchmarks/throughput.py [--configs 1,2,3,4] [--repeats 3] [--scale 1.0] [--device cpu] [--out FILE.md]
-        [--breakdown] [--profile-ops] [--compile-floor] [--numpy-backend]
+        [--breakdown] [--profile-ops] [--compile-floor] [--numpy-backend] [--channels-last]
 
 For each configuration the algorithms run alternately (A, B, A, B, ...) with the same seed, one torch thread, and
 each keeps its best wall time over ``--repeats``. The table also gives the paired ratios: in each repeat, SB3's wall
@@ -36,7 +36,11 @@ Configurations:
 gradient step, TD targets and actions in NumPy, BLAS on one thread) in the MLP configurations 1, 2, ``1f``, ``2f``
 (in 3 and 4 it would fall back to the PyTorch path), alternated with the others like any algorithm.
 
-Optional (not in the default ``--configs``): ``1f`` and ``2f``, configurations 1 and 2 with
+``--channels-last`` adds a column ``ScratchDQN channels_last`` in the CNN configurations 3 and ``3f``: ScratchDQN with
+``policy_kwargs=dict(channels_last=True)`` (convolution weights and image batches in NHWC memory format), alternated
+with the others; it gets the same floors and ceiling rows as ScratchDQN.
+
+Optional (not in the default ``--configs``): ``1f``, ``2f`` and ``3f``, configurations 1, 2 and 3 with
 ``optimizer_kwargs=dict(fused=True)`` for every algorithm: the optimizer of the bare eager fused step, which
 rounds differently from Adam's default (so not the default of SB3's DQN or of ScratchDQN).
 
@@ -44,7 +48,7 @@ SBX's DQN (``pip install -e ".[bench]"``) gets the same keyword arguments; it di
 cover: no gradient clipping (SB3's ``max_grad_norm=10`` has no SBX counterpart), optax's Adam, and its gradient steps
 of one ``train()`` call run in one jitted loop over a batch sampled at once (JIT compilation time counts in its wall
 time). XLA is asked for one thread (``XLA_FLAGS``, unless already set), as torch is; it has no column in the
-configurations whose settings it lacks (3, 4, ``1f``, ``2f``).
+configurations whose settings it lacks (3, 4, ``1f``, ``2f``, ``3f``).
 """
 
 from __future__ import annotations
@@ -113,23 +117,19 @@ ZOO_CARTPOLE = dict(
 
 def fused(kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` with PyTorch's fused Adam (``optimizer_kwargs=dict(fused=True)``)."""
-    return dict(kwargs, policy_kwargs=dict(kwargs["policy_kwargs"], optimizer_kwargs=dict(fused=True)))
+    return dict(kwargs, policy_kwargs=dict(kwargs.get("policy_kwargs", {}), optimizer_kwargs=dict(fused=True)))
 
 
 def configs(scale: float) -> dict[str, Config]:
     step_heavy = dict(ZOO_CARTPOLE, train_freq=4, gradient_steps=1, policy_kwargs=dict(net_arch=[64, 64]))
+    atari = dict(buffer_size=10_000, learning_starts=500, batch_size=32, train_freq=4, target_update_interval=1000)
     return {
         "1": Config("1 zoo CartPole (update-heavy)", cartpole, ZOO_CARTPOLE, int(20_000 * scale)),
         "2": Config("2 step-heavy CartPole", cartpole, step_heavy, int(20_000 * scale)),
         "1f": Config("1f zoo CartPole, fused Adam", cartpole, fused(ZOO_CARTPOLE), int(20_000 * scale)),
         "2f": Config("2f step-heavy CartPole, fused Adam", cartpole, fused(step_heavy), int(20_000 * scale)),
-        "3": Config(
-            "3 CNN Breakout",
-            breakout,
-            dict(buffer_size=10_000, learning_starts=500, batch_size=32, train_freq=4, target_update_interval=1000),
-            int(2_500 * scale),
-            policy="CnnPolicy",
-        ),
+        "3": Config("3 CNN Breakout", breakout, atari, int(2_500 * scale), policy="CnnPolicy"),
+        "3f": Config("3f CNN Breakout, fused Adam", breakout, fused(atari), int(2_500 * scale), policy="CnnPolicy"),
         "4": Config(
             "4 Rainbow (config 1, all on)",
             cartpole,
@@ -271,6 +271,7 @@ class Breakdown:
 
 
 NUMPY = "ScratchDQN numpy"
+CHANNELS_LAST = "ScratchDQN channels_last"
 
 
 def per_update_and_overhead(run: dict[str, float]) -> tuple[float, float]:
@@ -282,6 +283,9 @@ def algo_kwargs(name: str, config: Config) -> dict[str, Any]:
     """The keyword arguments that column ``name`` adds to the configuration's."""
     if name == "ScratchDQN":
         return config.scratch_only_kwargs
+    if name == CHANNELS_LAST:
+        policy_kwargs = {**config.kwargs, **config.scratch_only_kwargs}.get("policy_kwargs", {})
+        return {**config.scratch_only_kwargs, "policy_kwargs": {**policy_kwargs, "channels_last": True}}
     return {**config.scratch_only_kwargs, "mlp_backend": "numpy"} if name == NUMPY else {}
 
 
@@ -642,6 +646,11 @@ def main() -> None:
         action="store_true",
         help='also run ScratchDQN with mlp_backend="numpy" in the MLP configurations 1, 2, 1f, 2f',
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="also run ScratchDQN with policy_kwargs=dict(channels_last=True) in the CNN configurations 3, 3f",
+    )
     args = parser.parse_args()
     if (args.breakdown or args.profile_ops) and th.device(args.device).type != "cpu":
         parser.error("--breakdown and --profile-ops time asynchronous GPU work at launch: use --device cpu")
@@ -650,6 +659,8 @@ def main() -> None:
     algos: dict[str, type] = {"ScratchDQN": ScratchDQN, "SB3 DQN": DQN}
     if args.numpy_backend:
         algos[NUMPY] = ScratchDQN
+    if args.channels_last:
+        algos[CHANNELS_LAST] = ScratchDQN
     if sbx_class() is not None:
         algos["SBX DQN"] = sbx_class()  # type: ignore[assignment]
     lines = [
@@ -675,7 +686,10 @@ def main() -> None:
                     continue
                 if name == NUMPY and key not in ("1", "2", "1f", "2f"):
                     continue
-                if name == "SBX DQN" and key in ("3", "1f", "2f"):  # (no Atari CNN; optax has no torch Adam flags)
+                if name == CHANNELS_LAST and key not in ("3", "3f"):
+                    continue
+                # (SBX: no Atari CNN; optax has no torch Adam flags)
+                if name == "SBX DQN" and key in ("3", "1f", "2f", "3f"):
                     continue
                 result = run_once(algo, config, algo_kwargs(name, config), args.device)
                 walls.setdefault(name, []).append(result["wall"])
@@ -746,17 +760,21 @@ def main() -> None:
             obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
             env.close()
             f = cnn_floors(obs_shape, n_actions, config.kwargs["batch_size"])
-            per_update, overhead = per_update_and_overhead(ours)
-            detail.append(
-                f"| {config.name} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
-                f"({per_update / f['eager_step']:.2f}x) | - | {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs "
-                f"({overhead / f['act']:.2f}x) |"
-            )
-            if sb3_wall:
-                ceilings.append(
-                    f"| {config.name} | {sb3_wall / ours['wall']:.2f}x | "
-                    f"{sb3_wall / floor_wall(ours, f['eager_step'], f['act']):.2f}x | - |"
+            for name in ("ScratchDQN", CHANNELS_LAST):
+                if name not in best:
+                    continue
+                run, label = best[name], config.name + (" [channels_last]" if name == CHANNELS_LAST else "")
+                per_update, overhead = per_update_and_overhead(run)
+                detail.append(
+                    f"| {label} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
+                    f"({per_update / f['eager_step']:.2f}x) | - | {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs "
+                    f"({overhead / f['act']:.2f}x) |"
                 )
+                if sb3_wall:
+                    ceilings.append(
+                        f"| {label} | {sb3_wall / run['wall']:.2f}x | "
+                        f"{sb3_wall / floor_wall(run, f['eager_step'], f['act']):.2f}x | - |"
+                    )
         print("\n".join(lines[-len(best) :]), flush=True)
         if args.breakdown:
             rows = breakdown_table(config, {"ScratchDQN": algos["ScratchDQN"]} if key == "4" else algos)

@@ -149,8 +149,8 @@ class ScratchDQN(OffPolicyAlgorithm):
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments to be passed to the policy on creation; besides SB3's
         (``net_arch``, ``activation_fn``, ``features_extractor_class``, ``optimizer_class``...), ``dueling``,
-        ``dueling_net_arch``, ``noisy``, ``noisy_std_init``, ``n_atoms``, ``v_min`` and ``v_max`` (see
-        :class:`~sb3_dqn_ext.policies.DQNPolicy`). With ``noisy=True`` and the exploration values left at their
+        ``dueling_net_arch``, ``noisy``, ``noisy_std_init``, ``n_atoms``, ``v_min``, ``v_max`` and ``channels_last``
+        (see :class:`~sb3_dqn_ext.policies.DQNPolicy`). With ``noisy=True`` and the exploration values left at their
         defaults, ε-greedy is off (ε = 0): the noise explores.
     :param verbose: Verbosity level: 0 for no output, 1 for info messages (such as device or wrappers used), 2 for
         debug messages

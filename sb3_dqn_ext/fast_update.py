@@ -161,12 +161,13 @@ class FlatAdam:
         """A zero-padded flat float32 buffer holding ``tensors`` at the parameters' offsets."""
         flat = th.zeros(self._length, dtype=th.float32)
         for view, tensor in zip(self._views(flat), tensors, strict=True):
-            view.copy_(tensor.reshape(view.shape))
+            view.copy_(tensor.reshape(view.shape))  # (copy_ follows each one's strides)
         return flat
 
     def _views(self, flat: th.Tensor) -> list[th.Tensor]:
+        # each view with its parameter's strides (e.g. a channels-last convolution weight), over the same elements
         return [
-            flat[offset : offset + p.numel()].view_as(p) for offset, p in zip(self._offsets, self.params, strict=True)
+            flat.as_strided(p.shape, p.stride(), offset) for offset, p in zip(self._offsets, self.params, strict=True)
         ]
 
     @classmethod
@@ -180,7 +181,11 @@ class FlatAdam:
             return None
         params = list(q_net.parameters())
         if not params or any(
-            p.device.type != "cpu" or p.dtype != th.float32 or not p.requires_grad or type(p) is not nn.Parameter
+            p.device.type != "cpu"
+            or p.dtype != th.float32
+            or not p.requires_grad
+            or type(p) is not nn.Parameter
+            or not (p.is_contiguous() or p.is_contiguous(memory_format=th.channels_last))  # dense: a view fits
             for p in params
         ):
             return None
