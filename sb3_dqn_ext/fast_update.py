@@ -682,12 +682,29 @@ class NumpyMLP:
         return h
 
 
+def _fused_adam_cpu() -> bool:
+    """Whether this PyTorch has the fused Adam kernel for CPU tensors (``Adam(fused=True)`` on CPU, PyTorch ≥ 2.4)."""
+    try:
+        one = [th.zeros(2)]
+        th._fused_adam_(
+            one, [th.zeros(2)], [th.zeros(2)], [th.zeros(2)], [], [th.ones(())], amsgrad=False, lr=1e-3, beta1=0.9,
+            beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False, grad_scale=None, found_inf=None,
+        )  # fmt: skip
+    except (AttributeError, NotImplementedError, RuntimeError):
+        return False
+    return True
+
+
+_FUSED_ADAM_CPU = _fused_adam_cpu()
+
+
 class NumpyMLPAdam(FlatMLPAdam):
     """
     :class:`FlatMLPAdam`'s gradient step (forward, Huber loss, backward, clipping, Adam) computed by NumPy on the same
     flat buffers (zero-copy views), for ``ScratchDQN(mlp_backend="numpy")``. The same mathematics as
-    ``torch.optim.Adam`` after autograd, but other kernels (NumPy's BLAS instead of PyTorch's, Adam's moments updated
-    as ``β m + (1 − β) g`` instead of ``lerp``), so only the low-order bits differ from the PyTorch path; it is
+    ``torch.optim.Adam`` after autograd, but other kernels (NumPy's BLAS instead of PyTorch's; Adam by PyTorch's
+    fused CPU kernel, ``Adam(fused=True)``'s, in one call over the flat buffers, or in NumPy where this PyTorch has
+    no such kernel), so only the low-order bits differ from the PyTorch path; it is
     deterministic for a seed. It saves PyTorch's per-op dispatch, which for a small MLP costs more than the
     arithmetic. The optimizer's state stays ``torch.optim.Adam``'s (views of the flat buffers), so saving, loading
     and switching back to the PyTorch path continue the same run.
@@ -724,6 +741,7 @@ class NumpyMLPAdam(FlatMLPAdam):
         if not super()._link_state():
             return False
         self._np_steps = self.flat_steps.numpy()
+        self._step_view = self.flat_steps[:1]  # (every parameter's step is the same count)
         self._np_exp_avg = self.flat_exp_avg.numpy()
         self._np_exp_avg_sq = self.flat_exp_avg_sq.numpy()
         return True
@@ -793,12 +811,35 @@ class NumpyMLPAdam(FlatMLPAdam):
         return th.from_numpy(np.asarray(loss, dtype=np.float32)), th.from_numpy(q_values.reshape(-1, 1))
 
     def _np_adam(self) -> None:
-        """Adam (Kingma & Ba), as ``torch.optim.Adam`` computes it, on the flat buffers."""
+        """
+        Adam (Kingma & Ba), as ``torch.optim.Adam`` computes it, on the flat buffers: one call of PyTorch's fused CPU
+        kernel (``Adam(fused=True)``'s, one pass over the buffers where NumPy needs twelve), or, where this PyTorch
+        has none, the same update in NumPy.
+        """
         group = self.group
         lr, eps = float(group["lr"]), float(group["eps"])
         beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
-        g, m, v, tmp, tmp2 = self._np_grads, self._np_exp_avg, self._np_exp_avg_sq, self._tmp, self._tmp2
         self._np_steps += 1.0
+        if _FUSED_ADAM_CPU:
+            th._fused_adam_(
+                [self.flat_params],
+                [self.flat_grads],
+                [self.flat_exp_avg],
+                [self.flat_exp_avg_sq],
+                [],
+                [self._step_view],  # t, already counted
+                amsgrad=False,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=eps,
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
+            return
+        g, m, v, tmp, tmp2 = self._np_grads, self._np_exp_avg, self._np_exp_avg_sq, self._tmp, self._tmp2
         t = float(self._np_steps[0])
         np.multiply(m, beta1, out=m)
         np.multiply(g, 1.0 - beta1, out=tmp)

@@ -20,6 +20,7 @@ from stable_baselines3.common.envs import FakeImageEnv
 from test_dqn_core import CHAIN_Q_STAR_KWARGS, CHAIN_Q_STAR_STEPS, CHAIN_Q_STAR_TOLERANCE
 from torch import nn
 
+import sb3_dqn_ext.fast_update as fast_update
 from sb3_dqn_ext import ScratchDQN
 from sb3_dqn_ext.errors import ScratchDQNError
 from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLP, NumpyMLPAdam
@@ -46,10 +47,21 @@ def _pair(activation: type[nn.Module], net_arch: list[int]) -> tuple[FlatMLPAdam
     return steps[0], steps[1]
 
 
+@pytest.fixture(params=[True, False], ids=["fused-adam-kernel", "numpy-adam"])
+def adam_kernel(request, monkeypatch):
+    """Adam by PyTorch's fused CPU kernel (the default where this PyTorch has one) and by the NumPy sequence."""
+    monkeypatch.setattr(fast_update, "_FUSED_ADAM_CPU", request.param)
+    return request.param
+
+
+def test_the_fused_adam_kernel_is_found_on_this_pytorch():
+    assert fast_update._FUSED_ADAM_CPU is (tuple(int(x) for x in th.__version__.split(".")[:2]) >= (2, 4))
+
+
 @pytest.mark.parametrize("activation", [nn.ReLU, nn.Tanh, nn.Sigmoid])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("max_grad_norm", [10.0, 0.05])  # 0.05: the clipping scales every step
-def test_numpy_step_is_the_torch_step_within_float32_rounding(activation, weighted, max_grad_norm):
+def test_numpy_step_is_the_torch_step_within_float32_rounding(activation, weighted, max_grad_norm, adam_kernel):
     torch_step, numpy_step = _pair(activation, [32, 16])
     rng = np.random.default_rng(0)
     for _ in range(25):
@@ -72,7 +84,7 @@ def test_numpy_step_is_the_torch_step_within_float32_rounding(activation, weight
         np.testing.assert_allclose(state_n["exp_avg_sq"].numpy(), state_t["exp_avg_sq"].numpy(), rtol=1e-4, atol=1e-9)
 
 
-def test_numpy_step_loss_and_adam_by_hand():
+def test_numpy_step_loss_and_adam_by_hand(adam_kernel):
     """One step on a 1-layer network, computed by hand: Huber loss, its gradient, and Adam's first update."""
     model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=dict(net_arch=[]), seed=0)
     step = NumpyMLPAdam.for_network(model.q_net, model.policy.optimizer)
