@@ -454,7 +454,8 @@ class DQNPolicy(BasePolicy):
         them, in channels-last (NHWC) memory format (``torch.channels_last``), which oneDNN's CPU convolutions run
         faster than the default NCHW. The mathematics is the same, the low-order bits are not (other kernels), so it
         is off by default (off: the numbers of SB3's DQN, bitwise). Only 4-D tensors are affected: it changes
-        nothing for MLP features.
+        nothing for MLP features. A custom features extractor must then flatten with ``nn.Flatten`` or ``reshape``
+        (as SB3's do), not ``view``, which needs NCHW-contiguous activations.
     """
 
     q_net: QNetwork
