@@ -112,6 +112,17 @@ def _layers_supported(modules: tuple[nn.Module, ...]) -> bool:
     return True
 
 
+def _dense(tensor: th.Tensor) -> bool:
+    """Whether ``tensor``'s elements fill ``numel()`` consecutive slots (any order of dimensions: contiguous,
+    channels-last, transposed), so that ``as_strided`` with its strides over a flat slice holds it."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(tensor.shape, tensor.stride(), strict=True) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 class FlatAdam:
     """
     Gradient clipping and ``torch.optim.Adam``'s multi-tensor step (or its fused kernel, with ``fused=True``),
@@ -185,7 +196,7 @@ class FlatAdam:
             or p.dtype != th.float32
             or not p.requires_grad
             or type(p) is not nn.Parameter
-            or not (p.is_contiguous() or p.is_contiguous(memory_format=th.channels_last))  # dense: a view fits
+            or not _dense(p)  # (a strided view of numel() consecutive elements can stand for it)
             for p in params
         ):
             return None
@@ -690,7 +701,7 @@ def _fused_adam_cpu() -> bool:
             one, [th.zeros(2)], [th.zeros(2)], [th.zeros(2)], [], [th.ones(())], amsgrad=False, lr=1e-3, beta1=0.9,
             beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False, grad_scale=None, found_inf=None,
         )  # fmt: skip
-    except (AttributeError, NotImplementedError, RuntimeError):
+    except (AttributeError, NotImplementedError, RuntimeError, TypeError):
         return False
     return True
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
@@ -73,6 +74,34 @@ def _channels_last(obs: PyTorchObs) -> PyTorchObs:
     if isinstance(obs, dict):
         return {key: _channels_last(value) for key, value in obs.items()}  # type: ignore[misc]
     return obs
+
+
+def _to_channels_last(module: nn.Module) -> None:
+    """Put ``module``'s 4-D parameters and buffers (convolution weights) in channels-last memory format, in place."""
+    with th.no_grad():
+        for sub in module.modules():
+            for param in sub._parameters.values():
+                if param is not None and param.dim() == 4:
+                    param.data = param.data.contiguous(memory_format=th.channels_last)
+            for name, buffer in sub._buffers.items():
+                if buffer is not None and buffer.dim() == 4:
+                    sub._buffers[name] = buffer.contiguous(memory_format=th.channels_last)
+
+
+def _parameters_to_vector(module: nn.Module) -> np.ndarray:
+    """``parameters_to_vector`` in the parameters' logical order, for any memory format (``view(-1)`` needs NCHW)."""
+    return th.cat([p.detach().reshape(-1) for p in module.parameters()]).cpu().numpy()
+
+
+def _load_from_vector(module: nn.Module, vector: np.ndarray) -> None:
+    """``load_from_vector`` by copying into the parameters in place: their memory format is kept."""
+    flat = th.as_tensor(vector, dtype=th.float)
+    offset = 0
+    with th.no_grad():
+        for param in module.parameters():
+            n = param.numel()
+            param.copy_(flat[offset : offset + n].view(param.shape))
+            offset += n
 
 
 class _SequentialPlan:
@@ -298,7 +327,7 @@ class QNetwork(BasePolicy):
             self.register_buffer("support", th.linspace(v_min, v_max, atoms))
         self.channels_last = channels_last
         if channels_last:
-            self.to(memory_format=th.channels_last)  # the 4-D parameters: convolution weights
+            _to_channels_last(self)
         self._noisy_layers = [m for m in self.modules() if isinstance(m, NoisyLinear)]
         self._noise_sizes = [n for m in self._noisy_layers for n in (m.in_features, m.out_features)]
         self._noise_size = sum(self._noise_sizes)
@@ -399,6 +428,25 @@ class QNetwork(BasePolicy):
             for layer in self._noisy_layers:
                 layer.noise_enabled = True
 
+    def parameters_to_vector(self) -> np.ndarray:
+        """
+        Convert the parameters to a 1D vector (SB3's order and values, also in channels-last memory format).
+
+        :return: the parameters, flattened one after the other
+        """
+        return _parameters_to_vector(self) if self.channels_last else super().parameters_to_vector()
+
+    def load_from_vector(self, vector: np.ndarray) -> None:
+        """
+        Load parameters from a 1D vector (with ``channels_last``, copied in place so that the layout is kept).
+
+        :param vector: the parameters, flattened one after the other
+        """
+        if self.channels_last:
+            _load_from_vector(self, vector)
+        else:
+            super().load_from_vector(vector)
+
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
         if deterministic and self.noisy:
             with self.mean_weights():
@@ -453,9 +501,9 @@ class DQNPolicy(BasePolicy):
     :param channels_last: keep the convolution weights of both networks, and the image batches on their way into
         them, in channels-last (NHWC) memory format (``torch.channels_last``), which oneDNN's CPU convolutions run
         faster than the default NCHW. The mathematics is the same, the low-order bits are not (other kernels), so it
-        is off by default (off: the numbers of SB3's DQN, bitwise). Only 4-D tensors are affected: it changes
-        nothing for MLP features. A custom features extractor must then flatten with ``nn.Flatten`` or ``reshape``
-        (as SB3's do), not ``view``, which needs NCHW-contiguous activations.
+        is off by default (off: the numbers of SB3's DQN, bitwise). Only 4-D tensors are affected (not, e.g.,
+        ``Conv3d`` weights): it changes nothing for MLP features. A custom features extractor must then flatten
+        with ``nn.Flatten`` or ``reshape`` (as SB3's do), not ``view``, which needs NCHW-contiguous activations.
     """
 
     q_net: QNetwork
@@ -569,6 +617,27 @@ class DQNPolicy(BasePolicy):
             )
         )
         return data
+
+    def parameters_to_vector(self) -> np.ndarray:
+        """
+        Convert the parameters to a 1D vector (SB3's order and values, also in channels-last memory format).
+
+        :return: the parameters, flattened one after the other
+        """
+        if self.net_args["channels_last"]:
+            return _parameters_to_vector(self)
+        return super().parameters_to_vector()
+
+    def load_from_vector(self, vector: np.ndarray) -> None:
+        """
+        Load parameters from a 1D vector (with ``channels_last``, copied in place so that the layout is kept).
+
+        :param vector: the parameters, flattened one after the other
+        """
+        if self.net_args["channels_last"]:
+            _load_from_vector(self, vector)
+        else:
+            super().load_from_vector(vector)
 
     def set_training_mode(self, mode: bool) -> None:
         """

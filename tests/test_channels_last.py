@@ -16,6 +16,7 @@ import sb3_dqn_ext.fast_update as fast_update
 from sb3_dqn_ext import ScratchDQN
 from sb3_dqn_ext.errors import ScratchDQNError
 from sb3_dqn_ext.fast_update import FlatAdam
+from sb3_dqn_ext.policies import _to_channels_last
 
 KWARGS = dict(learning_starts=60, buffer_size=200, batch_size=8, train_freq=4, target_update_interval=30, seed=0)
 
@@ -52,6 +53,16 @@ def test_channels_last_equals_nchw_to_rounding_and_flat_adam_is_bitwise(monkeypa
         assert th.equal(p, q)  # same initial values, other layout
 
     obs = th.as_tensor(nchw.replay_buffer.observations[:16, 0])
+    layouts = []  # the first convolution's input: channels-last with the option (converted on the way in)
+    for model in (nchw, nhwc):
+        conv = model.q_net.features_extractor.cnn[0]
+        hook = conv.register_forward_pre_hook(
+            lambda _, args: layouts.append(args[0].is_contiguous(memory_format=th.channels_last))
+        )
+        with th.no_grad():
+            model.q_net(obs)
+        hook.remove()
+    assert layouts == [False, True]
     with th.no_grad():
         q_nchw, q_nhwc = nchw.q_net(obs), nhwc.q_net(obs)
     np.testing.assert_allclose(q_nhwc.numpy(), q_nchw.numpy(), rtol=1e-5, atol=1e-6)
@@ -109,3 +120,44 @@ def test_channels_last_with_dict_observations():
 def test_channels_last_must_be_a_bool(value):
     with pytest.raises(ScratchDQNError, match="channels_last"):
         ScratchDQN("CnnPolicy", image_env(), policy_kwargs=dict(channels_last=value), **KWARGS)
+
+
+def test_parameters_to_vector_and_back_keep_sb3s_order_and_the_layout():
+    nchw, nhwc = filled(False), filled(True)
+    for a, b in ((nchw.policy, nhwc.policy), (nchw.q_net, nhwc.q_net)):
+        vector = a.parameters_to_vector()
+        np.testing.assert_array_equal(b.parameters_to_vector(), vector)  # same values, same (logical) order
+        rng = np.random.default_rng(0)
+        new = rng.normal(size=vector.shape).astype(np.float32)
+        a.load_from_vector(new)
+        b.load_from_vector(new)
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            assert th.equal(p, q)
+        np.testing.assert_array_equal(b.parameters_to_vector(), new)
+    assert all(w.is_contiguous(memory_format=th.channels_last) for w in conv_weights(nhwc))
+
+
+def test_only_4d_tensors_change_layout():
+    module = th.nn.Sequential(th.nn.Conv3d(2, 3, 2), th.nn.Conv2d(2, 3, 2), th.nn.Linear(4, 2))
+    _to_channels_last(module)
+    conv3d, conv2d, linear = module
+    assert conv3d.weight.is_contiguous()  # (5-D: untouched; channels_last would raise on it)
+    assert conv2d.weight.is_contiguous(memory_format=th.channels_last) and not conv2d.weight.is_contiguous()
+    assert linear.weight.is_contiguous()
+
+
+def test_flat_adam_takes_any_dense_layout_and_refuses_gaps():
+    def module_with(weight: th.Tensor) -> th.nn.Module:
+        module = th.nn.Linear(4, 3)
+        module.weight = th.nn.Parameter(weight)
+        return module
+
+    transposed = th.randn(4, 3).t()  # shape (3, 4), strides (1, 3): dense, not contiguous
+    module = module_with(transposed.clone(memory_format=th.preserve_format))
+    flat = FlatAdam.for_network(module, th.optim.Adam(module.parameters(), lr=1e-3, foreach=True))
+    assert flat is not None
+    assert module.weight.stride() == (1, 3) and th.equal(module.weight, transposed)
+    assert module.weight.untyped_storage().data_ptr() == flat.flat_params.untyped_storage().data_ptr()
+    gappy = th.randn(3, 8)[:, :4]  # every other block of 4 skipped: no flat slice holds it
+    module = module_with(gappy)
+    assert FlatAdam.for_network(module, th.optim.Adam(module.parameters(), lr=1e-3, foreach=True)) is None
