@@ -279,6 +279,38 @@ def per_update_and_overhead(run: dict[str, float]) -> tuple[float, float]:
     return run["train"] / max(run["updates"], 1), (run["wall"] - run["train"] - run["env"]) / run["steps"]
 
 
+def floor_rows(
+    config_name: str,
+    best: dict[str, dict[str, float]],
+    labels: dict[str, str],
+    f: dict[str, float],
+    sb3_wall: float | None,
+    detail: list[str],
+    ceilings: list[str],
+) -> None:
+    """
+    Append, for each column of ``labels`` (name → label suffix) that ran, its row against the floors ``f`` to
+    ``detail`` and, with SB3's time, its row of ceilings to ``ceilings`` (no GEMMs-alone floor: ``-``).
+    """
+    for name, suffix in labels.items():
+        if name not in best:
+            continue
+        run, label = best[name], config_name + suffix
+        per_update, overhead = per_update_and_overhead(run)
+        gemms = f"{f['gemms'] * 1e3:.3f} ms ({per_update / f['gemms']:.2f}x)" if "gemms" in f else "-"
+        detail.append(
+            f"| {label} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
+            f"({per_update / f['eager_step']:.2f}x) | {gemms} | {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs "
+            f"({overhead / f['act']:.2f}x) |"
+        )
+        if sb3_wall:
+            at_gemms = f"{sb3_wall / floor_wall(run, f['gemms'], f['act']):.2f}x" if "gemms" in f else "-"
+            ceilings.append(
+                f"| {label} | {sb3_wall / run['wall']:.2f}x | "
+                f"{sb3_wall / floor_wall(run, f['eager_step'], f['act']):.2f}x | {at_gemms} |"
+            )
+
+
 def algo_kwargs(name: str, config: Config) -> dict[str, Any]:
     """The keyword arguments that column ``name`` adds to the configuration's."""
     if name == "ScratchDQN":
@@ -738,43 +770,14 @@ def main() -> None:
                     else f"| {config.name} | {f['eager_step'] * 1e3:.3f} ms | {f['compiled_step'] * 1e3:.3f} ms | "
                     f"{f['compile']:.1f} s | - |"
                 )
-            for name in ("ScratchDQN", NUMPY):
-                if name not in best:
-                    continue
-                run, label = best[name], config.name + (" [numpy]" if name == NUMPY else "")
-                per_update, overhead = per_update_and_overhead(run)
-                detail.append(
-                    f"| {label} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
-                    f"({per_update / f['eager_step']:.2f}x) | {f['gemms'] * 1e3:.3f} ms "
-                    f"({per_update / f['gemms']:.2f}x) | {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs "
-                    f"({overhead / f['act']:.2f}x) |"
-                )
-                if sb3_wall:
-                    ceilings.append(
-                        f"| {label} | {sb3_wall / run['wall']:.2f}x | "
-                        f"{sb3_wall / floor_wall(run, f['eager_step'], f['act']):.2f}x | "
-                        f"{sb3_wall / floor_wall(run, f['gemms'], f['act']):.2f}x |"
-                    )
+            floor_rows(config.name, best, {"ScratchDQN": "", NUMPY: " [numpy]"}, f, sb3_wall, detail, ceilings)
         elif config.policy == "CnnPolicy" and th.device(args.device).type == "cpu":
             env = config.env()
             obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
             env.close()
             f = cnn_floors(obs_shape, n_actions, config.kwargs["batch_size"])
-            for name in ("ScratchDQN", CHANNELS_LAST):
-                if name not in best:
-                    continue
-                run, label = best[name], config.name + (" [channels_last]" if name == CHANNELS_LAST else "")
-                per_update, overhead = per_update_and_overhead(run)
-                detail.append(
-                    f"| {label} | {per_update * 1e3:.3f} ms | {f['eager_step'] * 1e3:.3f} ms "
-                    f"({per_update / f['eager_step']:.2f}x) | - | {overhead * 1e6:.1f} µs | {f['act'] * 1e6:.1f} µs "
-                    f"({overhead / f['act']:.2f}x) |"
-                )
-                if sb3_wall:
-                    ceilings.append(
-                        f"| {label} | {sb3_wall / run['wall']:.2f}x | "
-                        f"{sb3_wall / floor_wall(run, f['eager_step'], f['act']):.2f}x | - |"
-                    )
+            labels = {"ScratchDQN": "", CHANNELS_LAST: " [channels_last]"}
+            floor_rows(config.name, best, labels, f, sb3_wall, detail, ceilings)
         print("\n".join(lines[-len(best) :]), flush=True)
         if args.breakdown:
             rows = breakdown_table(config, {"ScratchDQN": algos["ScratchDQN"]} if key == "4" else algos)

@@ -112,6 +112,37 @@ def _layers_supported(modules: tuple[nn.Module, ...]) -> bool:
     return True
 
 
+def _fused_adam(
+    params: list[th.Tensor],
+    grads: list[th.Tensor],
+    exp_avgs: list[th.Tensor],
+    exp_avg_sqs: list[th.Tensor],
+    steps: list[th.Tensor],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """PyTorch's fused Adam kernel (``Adam(fused=True)``'s) on these tensors; ``steps`` already hold ``t``."""
+    th._fused_adam_(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        amsgrad=False,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=0.0,
+        eps=eps,
+        maximize=False,
+        grad_scale=None,
+        found_inf=None,
+    )
+
+
 def _dense(tensor: th.Tensor) -> bool:
     """Whether ``tensor``'s elements fill ``numel()`` consecutive slots (any order of dimensions: contiguous,
     channels-last, transposed), so that ``as_strided`` with its strides over a flat slice holds it."""
@@ -363,23 +394,7 @@ class FlatAdam:
             # one flat tensor instead, a tensor's last few elements would take the kernel's vector path instead of
             # its scalar one, and round differently)
             steps, exp_avgs, exp_avg_sqs = self._state_lists
-            th._fused_adam_(
-                self._param_views,
-                self._grad_views,
-                exp_avgs,
-                exp_avg_sqs,
-                [],
-                steps,
-                amsgrad=False,
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=0.0,
-                eps=eps,
-                maximize=False,
-                grad_scale=None,
-                found_inf=None,
-            )
+            _fused_adam(self._param_views, self._grad_views, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps)
             return
         g, m, v = self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq
         t = self.flat_steps[0].item()
@@ -696,11 +711,7 @@ class NumpyMLP:
 def _fused_adam_cpu() -> bool:
     """Whether this PyTorch has the fused Adam kernel for CPU tensors (``Adam(fused=True)`` on CPU, PyTorch ≥ 2.4)."""
     try:
-        one = [th.zeros(2)]
-        th._fused_adam_(
-            one, [th.zeros(2)], [th.zeros(2)], [th.zeros(2)], [], [th.ones(())], amsgrad=False, lr=1e-3, beta1=0.9,
-            beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False, grad_scale=None, found_inf=None,
-        )  # fmt: skip
+        _fused_adam([th.zeros(2)], [th.zeros(2)], [th.zeros(2)], [th.zeros(2)], [th.ones(())], 1e-3, 0.9, 0.999, 1e-8)
     except (AttributeError, NotImplementedError, RuntimeError, TypeError):
         return False
     return True
@@ -832,23 +843,8 @@ class NumpyMLPAdam(FlatMLPAdam):
         beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
         self._np_steps += 1.0
         if _FUSED_ADAM_CPU:
-            th._fused_adam_(
-                [self.flat_params],
-                [self.flat_grads],
-                [self.flat_exp_avg],
-                [self.flat_exp_avg_sq],
-                [],
-                [self._step_view],  # t, already counted
-                amsgrad=False,
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=0.0,
-                eps=eps,
-                maximize=False,
-                grad_scale=None,
-                found_inf=None,
-            )
+            flat = (self.flat_params, self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq, self._step_view)
+            _fused_adam(*([tensor] for tensor in flat), lr, beta1, beta2, eps)  # (t already counted)
             return
         g, m, v, tmp, tmp2 = self._np_grads, self._np_exp_avg, self._np_exp_avg_sq, self._tmp, self._tmp2
         t = float(self._np_steps[0])
