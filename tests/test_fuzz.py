@@ -105,6 +105,7 @@ def hyperparameter_sets(draw):
     if draw(st.booleans()):
         kwargs["optimize_memory_usage"] = True
         replay_kwargs["handle_timeout_termination"] = False
+        kwargs["buffer_size"] = max(kwargs["buffer_size"], 2)  # (the memory-efficient buffer needs two rows)
 
     invalid = None
     if draw(st.booleans()):
