@@ -763,7 +763,9 @@ class NumpyMLPAdam(FlatMLPAdam):
         if not super()._link_state():
             return False
         self._np_steps = self.flat_steps.numpy()
-        self._step_view = self.flat_steps[:1]  # (every parameter's step is the same count)
+        # the fused kernel's tensor lists, built once (every parameter's step is the same count: one of them)
+        flat = (self.flat_params, self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq, self.flat_steps[:1])
+        self._fused_lists = tuple([tensor] for tensor in flat)
         self._np_exp_avg = self.flat_exp_avg.numpy()
         self._np_exp_avg_sq = self.flat_exp_avg_sq.numpy()
         return True
@@ -843,8 +845,7 @@ class NumpyMLPAdam(FlatMLPAdam):
         beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
         self._np_steps += 1.0
         if _FUSED_ADAM_CPU:
-            flat = (self.flat_params, self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq, self._step_view)
-            _fused_adam(*([tensor] for tensor in flat), lr, beta1, beta2, eps)  # (t already counted)
+            _fused_adam(*self._fused_lists, lr, beta1, beta2, eps)  # (t already counted)
             return
         g, m, v, tmp, tmp2 = self._np_grads, self._np_exp_avg, self._np_exp_avg_sq, self._tmp, self._tmp2
         t = float(self._np_steps[0])

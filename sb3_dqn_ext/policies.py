@@ -88,20 +88,40 @@ def _to_channels_last(module: nn.Module) -> None:
                     sub._buffers[name] = buffer.contiguous(memory_format=th.channels_last)
 
 
-def _parameters_to_vector(module: nn.Module) -> np.ndarray:
-    """``parameters_to_vector`` in the parameters' logical order, for any memory format (``view(-1)`` needs NCHW)."""
-    return th.cat([p.detach().reshape(-1) for p in module.parameters()]).cpu().numpy()
+class _LayoutVectors(BasePolicy):
+    """
+    SB3's ``parameters_to_vector`` and ``load_from_vector`` for a policy whose ``channels_last`` may hold
+    channels-last weights: the same order and values, without ``view(-1)`` (which needs NCHW) and copying into the
+    parameters in place (which keeps their layout); with ``channels_last`` off, SB3's own methods.
+    """
 
+    channels_last: bool
 
-def _load_from_vector(module: nn.Module, vector: np.ndarray) -> None:
-    """``load_from_vector`` by copying into the parameters in place: their memory format is kept."""
-    flat = th.as_tensor(vector, dtype=th.float)
-    offset = 0
-    with th.no_grad():
-        for param in module.parameters():
-            n = param.numel()
-            param.copy_(flat[offset : offset + n].view(param.shape))
-            offset += n
+    def parameters_to_vector(self) -> np.ndarray:
+        """
+        Convert the parameters to a 1D vector.
+
+        :return: the parameters, flattened one after the other (each in its logical order)
+        """
+        if not self.channels_last:
+            return super().parameters_to_vector()
+        return th.cat([p.detach().reshape(-1) for p in self.parameters()]).cpu().numpy()
+
+    def load_from_vector(self, vector: np.ndarray) -> None:
+        """
+        Load parameters from a 1D vector.
+
+        :param vector: the parameters, flattened one after the other
+        """
+        if not self.channels_last:
+            super().load_from_vector(vector)
+            return
+        flat = th.as_tensor(vector, dtype=th.float)
+        offset = 0
+        with th.no_grad():
+            for param in self.parameters():
+                param.copy_(flat[offset : offset + param.numel()].view(param.shape))
+                offset += param.numel()
 
 
 class _SequentialPlan:
@@ -247,7 +267,7 @@ def make_mlp(
     return layers
 
 
-class QNetwork(BasePolicy):
+class QNetwork(_LayoutVectors):
     """
     Action-value network ``Q(s, ·)``: features extractor, MLP, and a plain, dueling and/or distributional head.
 
@@ -428,25 +448,6 @@ class QNetwork(BasePolicy):
             for layer in self._noisy_layers:
                 layer.noise_enabled = True
 
-    def parameters_to_vector(self) -> np.ndarray:
-        """
-        Convert the parameters to a 1D vector (SB3's order and values, also in channels-last memory format).
-
-        :return: the parameters, flattened one after the other
-        """
-        return _parameters_to_vector(self) if self.channels_last else super().parameters_to_vector()
-
-    def load_from_vector(self, vector: np.ndarray) -> None:
-        """
-        Load parameters from a 1D vector (with ``channels_last``, copied in place so that the layout is kept).
-
-        :param vector: the parameters, flattened one after the other
-        """
-        if self.channels_last:
-            _load_from_vector(self, vector)
-        else:
-            super().load_from_vector(vector)
-
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
         if deterministic and self.noisy:
             with self.mean_weights():
@@ -477,7 +478,7 @@ class QNetwork(BasePolicy):
         return data
 
 
-class DQNPolicy(BasePolicy):
+class DQNPolicy(_LayoutVectors):
     """
     Policy class with the online Q-network ``q_net``, the target network ``q_net_target`` and the optimizer.
 
@@ -547,6 +548,7 @@ class DQNPolicy(BasePolicy):
 
         self.net_arch = net_arch
         self.activation_fn = activation_fn
+        self.channels_last = channels_last
         self.net_args = {
             "observation_space": self.observation_space,
             "action_space": self.action_space,
@@ -617,27 +619,6 @@ class DQNPolicy(BasePolicy):
             )
         )
         return data
-
-    def parameters_to_vector(self) -> np.ndarray:
-        """
-        Convert the parameters to a 1D vector (SB3's order and values, also in channels-last memory format).
-
-        :return: the parameters, flattened one after the other
-        """
-        if self.net_args["channels_last"]:
-            return _parameters_to_vector(self)
-        return super().parameters_to_vector()
-
-    def load_from_vector(self, vector: np.ndarray) -> None:
-        """
-        Load parameters from a 1D vector (with ``channels_last``, copied in place so that the layout is kept).
-
-        :param vector: the parameters, flattened one after the other
-        """
-        if self.net_args["channels_last"]:
-            _load_from_vector(self, vector)
-        else:
-            super().load_from_vector(vector)
 
     def set_training_mode(self, mode: bool) -> None:
         """
