@@ -14,7 +14,9 @@ The same run measures the floors for the same network and batch:
 - the bare eager DQN update (forward, Huber loss, backward, grad clipping, fused Adam) written directly in PyTorch;
 - the matrix multiplies alone (the forward and backward GEMMs of the same layers);
 - a bare forward + argmax for one observation (the greedy action);
-- for configuration 4, a bare eager Rainbow step (noisy dueling C51 heads, double Q-learning, fused Adam);
+- for configuration 4, a bare eager Rainbow step (noisy dueling C51 heads, double Q-learning, fused Adam), its
+  GEMMs alone and a bare noisy C51 action for one observation; when configuration 1 ran before it in the same run,
+  configuration 4's time over configuration 1's, and what it would be at those floors;
 - for configuration 3, the bare eager step and forward+argmax of SB3's NatureCNN (no GEMMs-alone floor).
 
 ``--compile-floor`` adds the bare step under ``torch.compile`` (its compile time, caches off, and its time per step).
@@ -566,13 +568,20 @@ def rainbow_floor(
     v_max: float,
     gamma_n: float,
     reps: int = 100,
-) -> float:
+) -> dict[str, float]:
     """
-    Seconds per bare eager Rainbow gradient step on CPU (no replay buffer): factorised-noise layers (noise resampled
-    for both networks, weights ``μ + σ ⊙ ε`` built at each forward), dueling C51 heads, double Q-learning's next
-    action by the online network's expected values, the projection of ``r + γ^n (1 − done) z``, the cross-entropy
-    weighted by importance weights, priorities from the per-sample loss, gradient clipping and fused Adam, written
-    directly in PyTorch the way a from-scratch implementation would.
+    Floors of a Rainbow gradient step and action on CPU, in seconds (no replay buffer):
+
+    - ``eager_step``: a bare eager Rainbow gradient step: factorised-noise layers (noise resampled for both networks,
+      weights ``μ + σ ⊙ ε`` built at each forward), dueling C51 heads, double Q-learning's next action by the online
+      network's expected values, the projection of ``r + γ^n (1 − done) z``, the cross-entropy weighted by
+      importance weights, priorities from the per-sample loss, gradient clipping and fused Adam, written directly in
+      PyTorch the way a from-scratch implementation would;
+    - ``gemms``: the matrix multiplies of that step alone, for every layer: the online network's forward pass on
+      the observations and the next observations (double Q-learning), the target network's on the next
+      observations, and the two backward GEMMs (input and weight gradients) of the observations' rows;
+    - ``act``: the action of a noisy C51 network for one observation: one noise draw for the network, the forward
+      pass with the factorised noise (two matrix-vector products per layer), the expected values and the argmax.
     """
     th.manual_seed(0)
 
@@ -642,7 +651,41 @@ def rainbow_floor(
         th.nn.utils.clip_grad_norm_(params, 10.0)
         optimizer.step()
 
-    return best_seconds(step, reps, warmup=10)
+    dims = [(i, o) for i, o in zip([obs_dim, *net_arch[:-1]], net_arch, strict=True)]
+    dims += [(net_arch[-1], n_atoms), (net_arch[-1], n_actions * n_atoms)]  # value and advantage heads
+    mats = [(th.randn(2 * batch, i), th.randn(o, i), th.randn(batch, o)) for i, o in dims]
+
+    def gemms() -> None:
+        for x, w, g in mats:
+            x @ w.t()  # forward (online: observations and next observations)
+            x[:batch] @ w.t()  # forward (target: next observations)
+            g @ w  # grad input
+            g.t() @ x[:batch]  # grad weight
+
+    one = th.randn(1, obs_dim)
+    layers = [m for m in online.trunk if isinstance(m, Noisy)]
+
+    def noisy_row(layer: Noisy, x: th.Tensor) -> th.Tensor:
+        mean = th.nn.functional.linear(x, layer.w_mu, layer.b_mu)
+        return mean + (th.nn.functional.linear(x * layer.eps_in, layer.w_sigma) + layer.b_sigma) * layer.eps_out
+
+    def act() -> None:
+        with th.inference_mode():
+            eps = th.randn(sum(m.eps_in.numel() + m.eps_out.numel() for m in online.noisy))
+            eps = eps.sign() * eps.abs().sqrt()  # (one draw for the network, as QNetwork.reset_noise)
+            h = one
+            for layer in layers:
+                h = noisy_row(layer, h).relu()
+            value = noisy_row(online.value, h).view(-1, 1, n_atoms)
+            advantage = noisy_row(online.advantage, h).view(-1, n_actions, n_atoms)
+            logits = value + advantage - advantage.mean(1, keepdim=True)
+            (logits.softmax(-1) * support).sum(-1).argmax(1)
+
+    return dict(
+        eager_step=best_seconds(step, reps, warmup=10),
+        gemms=best_seconds(gemms, 3 * reps, warmup=20),
+        act=best_seconds(act, 10 * reps, warmup=20),
+    )
 
 
 def device_name(device: str) -> str:
@@ -706,6 +749,8 @@ def main() -> None:
     ceilings: list[str] = []
     compiled_rows: list[str] = []
     rainbow_rows: list[str] = []
+    rainbow_ceilings: list[str] = []
+    plain_wall: float | None = None  # configuration 1's ScratchDQN wall time, when it ran in this run
     breakdowns: list[str] = []
     profiles: list[str] = []
     for key in args.configs.split(","):
@@ -739,6 +784,8 @@ def main() -> None:
                 f"{r['updates'] / r['wall']:.0f} | {ratio} | {paired} |"
             )
         ours = best["ScratchDQN"]
+        if key == "1":
+            plain_wall = ours["wall"]
         if config.policy == "MlpPolicy":
             kw = {**config.kwargs, **config.scratch_only_kwargs}
             f = floors(
@@ -747,7 +794,7 @@ def main() -> None:
             pk = kw["policy_kwargs"]
             if pk.get("n_atoms") and pk.get("noisy") and pk.get("dueling") and th.device(args.device).type == "cpu":
                 per_update = ours["train"] / max(ours["updates"], 1)
-                rainbow = rainbow_floor(
+                rf = rainbow_floor(
                     pk["net_arch"],
                     4,
                     2,
@@ -757,10 +804,19 @@ def main() -> None:
                     pk["v_max"],
                     kw["gamma"] ** kw.get("n_steps", 1),
                 )
+                _, overhead = per_update_and_overhead(ours)
                 rainbow_rows.append(
-                    f"| {config.name} | {per_update * 1e3:.3f} ms | {rainbow * 1e3:.3f} ms "
-                    f"({per_update / rainbow:.2f}x) | {f['eager_step'] * 1e3:.3f} ms (plain DQN) |"
+                    f"| {config.name} | {per_update * 1e3:.3f} ms | {rf['eager_step'] * 1e3:.3f} ms "
+                    f"({per_update / rf['eager_step']:.2f}x) | {rf['gemms'] * 1e3:.3f} ms "
+                    f"({per_update / rf['gemms']:.2f}x) | {f['eager_step'] * 1e3:.3f} ms (plain DQN) | "
+                    f"{overhead * 1e6:.1f} µs | {rf['act'] * 1e6:.1f} µs ({overhead / rf['act']:.2f}x) |"
                 )
+                if plain_wall is not None:  # configuration 1 ran before, in this run
+                    rainbow_ceilings.append(
+                        f"| {config.name} | {ours['wall'] / plain_wall:.2f}x | "
+                        f"{floor_wall(ours, rf['eager_step'], rf['act']) / plain_wall:.2f}x | "
+                        f"{floor_wall(ours, rf['gemms'], rf['act']) / plain_wall:.2f}x |"
+                    )
             if "compiled_step" in f:
                 compiled_rows.append(
                     f"| {config.name} | {f['eager_step'] * 1e3:.3f} ms | {f['compiled_step'] * 1e3:.3f} ms "
@@ -810,11 +866,24 @@ def main() -> None:
         lines += [
             "",
             "ScratchDQN's Rainbow gradient step (prioritized replay's sampling and priority updates included) against "
-            "a bare eager Rainbow step of the same network and batch (no replay buffer):",
+            "a bare eager Rainbow step and the GEMMs alone of the same network and batch (no replay buffer), and its "
+            "per-env-step overhead against a bare noisy C51 action for one observation (noise draw included):",
             "",
-            "| config | per gradient step | bare eager Rainbow step | bare eager fused step |",
-            "|---|---:|---:|---:|",
+            "| config | per gradient step | bare eager Rainbow step | Rainbow GEMMs alone | bare eager fused step "
+            "| per-env-step overhead | bare noisy C51 action |",
+            "|---|---:|---:|---:|---:|---:|---:|",
             *rainbow_rows,
+        ]
+    if rainbow_ceilings:
+        lines += [
+            "",
+            "Configuration 4's ScratchDQN wall time over configuration 1's (target: at most 1.5x), and the same for a "
+            "run that spent only ScratchDQN's Rainbow env.step time, one bare noisy C51 action per env step and one "
+            "Rainbow floor per gradient step (nothing for prioritized replay, storing, the loop or callbacks):",
+            "",
+            "| config | ScratchDQN, 4 over 1 | at the bare eager Rainbow step | at the Rainbow GEMMs alone |",
+            "|---|---:|---:|---:|",
+            *rainbow_ceilings,
         ]
     if compiled_rows:
         lines += [
