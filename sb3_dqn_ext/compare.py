@@ -58,6 +58,7 @@ from sb3_dqn_ext.checkpoints import (
 )
 from sb3_dqn_ext.errors import ScratchDQNError
 from sb3_dqn_ext.hyperparams import load_hyperparams, to_constructor_kwargs
+from sb3_dqn_ext.rainbow import RAINBOW_POLICY_KWARGS, RAINBOW_REPLAY_KWARGS
 from sb3_dqn_ext.torch_layers import register_minatar_envs
 
 # Evaluation envs are seeded apart from the training envs (the same offset as the tuning command).
@@ -215,6 +216,20 @@ ALGORITHMS: dict[str, Algorithm] = {
         "sb3_dqn_ext:RainbowDQN",
         "RainbowDQN (all six extensions)",
         kwargs=dict(exploration_initial_eps=0.0, exploration_final_eps=0.0),
+        env_policy_kwargs="rainbow",
+    ),
+    # Rainbow less its noisy layers: every other component with RainbowDQN's settings, and the ε-greedy exploration
+    # of the shared hyperparameters (SB3's DQN's): isolates what the noisy layers do to learning
+    "rainbow_no_noisy": Algorithm(
+        "sb3_dqn_ext:ScratchDQN",
+        "Rainbow without noisy layers (ε-greedy)",
+        kwargs=dict(
+            double_q=True,
+            n_steps=3,
+            replay_buffer_class=PrioritizedReplayBuffer,
+            replay_buffer_kwargs=dict(RAINBOW_REPLAY_KWARGS),
+        ),
+        policy_kwargs=dict(dueling=True, n_atoms=RAINBOW_POLICY_KWARGS["n_atoms"]),
         env_policy_kwargs="rainbow",
     ),
     "qrdqn": Algorithm("sb3_contrib:QRDQN", "sb3-contrib's QR-DQN", env_policy_kwargs="qrdqn", package="sb3-contrib"),

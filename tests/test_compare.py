@@ -88,6 +88,24 @@ def test_every_algorithm_gets_the_shared_values_and_its_own_settings():
     rainbow = resolved["rainbow"]
     assert rainbow["policy_kwargs"] == {"net_arch": [256, 256], "v_min": 0.0, "v_max": 100.0}
     assert rainbow["exploration_initial_eps"] == rainbow["exploration_final_eps"] == 0.0
+    no_noisy = resolved["rainbow_no_noisy"]  # Rainbow's other components, SB3's ε-greedy from the shared values
+    assert no_noisy["policy_kwargs"] == {
+        "net_arch": [256, 256],
+        "dueling": True,
+        "n_atoms": 51,
+        "v_min": 0.0,
+        "v_max": 100.0,
+    }
+    assert (no_noisy["double_q"], no_noisy["n_steps"], no_noisy["replay_buffer_class"]) == (
+        True,
+        3,
+        PrioritizedReplayBuffer,
+    )
+    assert no_noisy["replay_buffer_kwargs"] == {"alpha": 0.5, "beta": 0.4}
+    assert (no_noisy["exploration_fraction"], no_noisy["exploration_final_eps"]) == (0.16, 0.04)
+    _, minatar = hyperparameters("rainbow_no_noisy", "MinAtar/Breakout-v1")
+    assert (minatar["exploration_final_eps"], minatar["policy_kwargs"]["v_max"]) == (0.1, 20.0)
+    assert "noisy" not in minatar["policy_kwargs"]
     assert resolved["qrdqn"]["policy_kwargs"] == {"net_arch": [256, 256], "n_quantiles": 10}
     assert hyperparameters("qrdqn", "Acrobot-v1")[1]["policy_kwargs"]["n_quantiles"] == 25
     assert hyperparameters("qrdqn", "LunarLander-v3")[1]["policy_kwargs"]["n_quantiles"] == 170
