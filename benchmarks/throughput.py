@@ -56,6 +56,7 @@ configurations whose settings it lacks (3, 4, ``1f``, ``2f``, ``3f``).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -64,9 +65,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import torch as th
+from numpy_rainbow import NumpyRainbowStep
 from stable_baselines3 import DQN
 from stable_baselines3.common.vec_env import VecEnv
+from threadpoolctl import threadpool_limits
 
 from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
 from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLPAdam
@@ -568,9 +573,11 @@ def rainbow_floor(
     v_max: float,
     gamma_n: float,
     reps: int = 100,
+    buffer_size: int = 100_000,
+    filled: int = 10_000,
 ) -> dict[str, float]:
     """
-    Floors of a Rainbow gradient step and action on CPU, in seconds (no replay buffer):
+    Floors of a Rainbow gradient step and action on CPU, in seconds (no replay buffer but in ``per_sample``):
 
     - ``eager_step``: a bare eager Rainbow gradient step: factorised-noise layers (noise resampled for both networks,
       weights ``μ + σ ⊙ ε`` built at each forward), dueling C51 heads, double Q-learning's next action by the online
@@ -580,6 +587,14 @@ def rainbow_floor(
     - ``gemms``: the matrix multiplies of that step alone, for every layer: the online network's forward pass on
       the observations and the next observations (double Q-learning), the target network's on the next
       observations, and the two backward GEMMs (input and weight gradients) of the observations' rows;
+    - ``numpy_step``: the same step written by hand in NumPy, without autograd (``numpy_rainbow.py``: one flat
+      buffer for every parameter, gradient clipping as one dot product, Adam as PyTorch's fused kernel on it; BLAS on
+      one thread);
+    - ``numpy_act``: ``act`` in NumPy: one noise draw for the online network, the factorised noisy forward pass
+      for one observation, the expected values and the argmax;
+    - ``per_sample``: ScratchDQN's own prioritized replay for it (:class:`~sb3_dqn_ext.PrioritizedReplayBuffer`
+      with n-step returns, ``buffer_size`` rows of which ``filled`` hold CartPole-sized transitions): one
+      ``sample`` of ``batch`` transitions and one ``update_priorities``;
     - ``act``: the action of a noisy C51 network for one observation: one noise draw for the network, the forward
       pass with the factorised noise (two matrix-vector products per layer), the expected values and the argmax.
     """
@@ -681,10 +696,54 @@ def rainbow_floor(
             logits = value + advantage - advantage.mean(1, keepdim=True)
             (logits.softmax(-1) * support).sum(-1).argmax(1)
 
+    np_step = NumpyRainbowStep(obs_dim, net_arch, n_actions, n_atoms, v_min, v_max, gamma_n)
+    np_batch = (
+        obs.numpy(),
+        actions.numpy(),
+        rewards.numpy().ravel(),
+        next_obs.numpy(),
+        dones.numpy().ravel(),
+        weights.numpy(),
+    )
+
+    def numpy_step() -> None:
+        np_step.step(*np_batch)
+
+    n_steps = max(1, round(math.log(gamma_n) / math.log(0.99))) if 0 < gamma_n < 1 else 1
+    buffer = PrioritizedReplayBuffer(
+        buffer_size,
+        gym.spaces.Box(-1, 1, (obs_dim,)),
+        gym.spaces.Discrete(n_actions),
+        device="cpu",
+        n_steps=n_steps,
+        gamma=0.99,
+        alpha=0.5,
+        beta=0.4,
+    )
+    rng = np.random.default_rng(0)
+    for t in range(filled):
+        row = rng.standard_normal((2, 1, obs_dim)).astype(np.float32)
+        buffer.add(row[0], row[1], rng.integers(n_actions, size=(1, 1)), np.ones(1), np.array([t % 50 == 49]), [{}])
+    errors = rng.random(batch)
+
+    def per_sample() -> None:
+        buffer.update_priorities(buffer.sample(batch).indices, errors)
+
+    one_np = one.numpy()[0]
+
+    def numpy_act() -> None:
+        np_step.act(one_np)
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        numpy_seconds = best_seconds(numpy_step, reps, warmup=10)
+        numpy_act_seconds = best_seconds(numpy_act, 10 * reps, warmup=20)
     return dict(
         eager_step=best_seconds(step, reps, warmup=10),
         gemms=best_seconds(gemms, 3 * reps, warmup=20),
         act=best_seconds(act, 10 * reps, warmup=20),
+        numpy_step=numpy_seconds,
+        numpy_act=numpy_act_seconds,
+        per_sample=best_seconds(per_sample, reps, warmup=10),
     )
 
 
@@ -751,6 +810,8 @@ def main() -> None:
     rainbow_rows: list[str] = []
     rainbow_ceilings: list[str] = []
     plain_wall: float | None = None  # configuration 1's ScratchDQN wall time, when it ran in this run
+    plain_numpy_wall: float | None = None  # and with the NumPy backend, when that ran too
+    numpy_rows: list[str] = []
     breakdowns: list[str] = []
     profiles: list[str] = []
     for key in args.configs.split(","):
@@ -786,6 +847,7 @@ def main() -> None:
         ours = best["ScratchDQN"]
         if key == "1":
             plain_wall = ours["wall"]
+            plain_numpy_wall = best[NUMPY]["wall"] if NUMPY in best else None
         if config.policy == "MlpPolicy":
             kw = {**config.kwargs, **config.scratch_only_kwargs}
             f = floors(
@@ -803,6 +865,8 @@ def main() -> None:
                     pk["v_min"],
                     pk["v_max"],
                     kw["gamma"] ** kw.get("n_steps", 1),
+                    buffer_size=kw["buffer_size"],
+                    filled=ours["steps"] // 2,  # (the run's average fill)
                 )
                 _, overhead = per_update_and_overhead(ours)
                 rainbow_rows.append(
@@ -811,10 +875,23 @@ def main() -> None:
                     f"({per_update / rf['gemms']:.2f}x) | {f['eager_step'] * 1e3:.3f} ms (plain DQN) | "
                     f"{overhead * 1e6:.1f} µs | {rf['act'] * 1e6:.1f} µs ({overhead / rf['act']:.2f}x) |"
                 )
+                numpy_rows.append(
+                    f"| {config.name} | {rf['numpy_step'] * 1e3:.3f} ms ({rf['numpy_step'] / rf['gemms']:.2f}x) | "
+                    f"{rf['per_sample'] * 1e3:.3f} ms | {(rf['numpy_step'] + rf['per_sample']) / rf['gemms']:.2f}x | "
+                    f"{rf['numpy_act'] * 1e6:.1f} µs |"
+                )
                 if plain_wall is not None:  # configuration 1 ran before, in this run
+                    with_sampling = rf["numpy_step"] + rf["per_sample"]
+                    numpy_plain = (
+                        f"{floor_wall(ours, with_sampling, rf['numpy_act']) / plain_numpy_wall:.2f}x"
+                        if plain_numpy_wall
+                        else "-"
+                    )
                     rainbow_ceilings.append(
                         f"| {config.name} | {ours['wall'] / plain_wall:.2f}x | "
                         f"{floor_wall(ours, rf['eager_step'], rf['act']) / plain_wall:.2f}x | "
+                        f"{floor_wall(ours, rf['numpy_step'], rf['numpy_act']) / plain_wall:.2f}x | "
+                        f"{floor_wall(ours, with_sampling, rf['numpy_act']) / plain_wall:.2f}x ({numpy_plain}) | "
                         f"{floor_wall(ours, rf['gemms'], rf['act']) / plain_wall:.2f}x |"
                     )
             if "compiled_step" in f:
@@ -873,16 +950,27 @@ def main() -> None:
             "| per-env-step overhead | bare noisy C51 action |",
             "|---|---:|---:|---:|---:|---:|---:|",
             *rainbow_rows,
+            "",
+            "A bare Rainbow step written by hand in NumPy (numpy_rainbow.py, no autograd; times its GEMMs), "
+            "ScratchDQN's prioritized sampling and priority update for it, the two together (times the GEMMs), and "
+            "a bare noisy C51 action in NumPy:",
+            "",
+            "| config | bare NumPy Rainbow step | prioritized sample + update | together | bare NumPy noisy action |",
+            "|---|---:|---:|---:|---:|",
+            *numpy_rows,
         ]
     if rainbow_ceilings:
         lines += [
             "",
             "Configuration 4's ScratchDQN wall time over configuration 1's (target: at most 1.5x), and the same for a "
-            "run that spent only ScratchDQN's Rainbow env.step time, one bare noisy C51 action per env step and one "
-            "Rainbow floor per gradient step (nothing for prioritized replay, storing, the loop or callbacks):",
+            "run that spent only ScratchDQN's Rainbow env.step time, one bare noisy C51 action per env step (the eager "
+            "one; in the NumPy columns the NumPy one) and one Rainbow floor per gradient step (nothing for "
+            "prioritized replay, storing, the loop or callbacks, but in the column that adds ScratchDQN's "
+            "prioritized sampling; in brackets, over configuration 1 with the NumPy backend):",
             "",
-            "| config | ScratchDQN, 4 over 1 | at the bare eager Rainbow step | at the Rainbow GEMMs alone |",
-            "|---|---:|---:|---:|",
+            "| config | ScratchDQN, 4 over 1 | at the bare eager Rainbow step | at the bare NumPy Rainbow step "
+            "| NumPy step + prioritized sampling | at the Rainbow GEMMs alone |",
+            "|---|---:|---:|---:|---:|---:|",
             *rainbow_ceilings,
         ]
     if compiled_rows:
