@@ -29,8 +29,13 @@ weights and noise.
 
 from __future__ import annotations
 
+import argparse
+import time
+from collections.abc import Callable
+
 import numpy as np
 import torch as th
+from threadpoolctl import threadpool_limits
 
 
 class NumpyRainbowStep:
@@ -126,6 +131,7 @@ class NumpyRainbowStep:
         self._exp_avg = [th.zeros(n_params)]
         self._exp_avg_sq = [th.zeros(n_params)]
         self._steps = [th.zeros(())]
+        self.draw_noise()
 
     def _views(self, flat: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         views, start = [], 0
@@ -211,32 +217,46 @@ class NumpyRainbowStep:
         :param weights: importance weights ``(n,)``, float32
         :param draw_noise: draw new noise for both networks first (else the noise of :meth:`set_noise`)
         """
-        n, k = len(obs), self.n_atoms
-        rows = np.arange(n)
         if draw_noise:
             self.draw_noise()
         self._build(0)
         self._build(1)
-        x = np.concatenate((obs, next_obs))
-        online = self._forward(x, self.weights[0], self.biases[0])
-        logits = online[-1]
-        target_logits = self._forward(next_obs, self.weights[1], self.biases[1])[-1]
+        online, target_logits = self._forwards(obs, next_obs)
+        m = self._td_target(online[-1][len(obs) :], target_logits, rewards, dones)
+        loss, per_sample = self._loss_and_backward(online, obs, actions, m, weights)
+        self._clip_and_adam()
+        return loss, np.abs(per_sample)
 
-        # TD target: double Q-learning's a*, then p_target(s', a*) projected onto the support
-        next_actions = (self._softmax(logits[n:]) @ self.support).argmax(axis=1)
+    def _forwards(self, obs: np.ndarray, next_obs: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """The online network's outputs on the observations and next observations (stacked), the target network's
+        logits on the next observations."""
+        online = self._forward(np.concatenate((obs, next_obs)), self.weights[0], self.biases[0])
+        return online, self._forward(next_obs, self.weights[1], self.biases[1])[-1]
+
+    def _td_target(
+        self, next_logits: np.ndarray, target_logits: np.ndarray, rewards: np.ndarray, dones: np.ndarray
+    ) -> np.ndarray:
+        """The TD target ``m``: double Q-learning's ``a*``, then ``p_target(s', a*)`` projected onto the support."""
+        n, k = len(rewards), self.n_atoms
+        rows = np.arange(n)
+        next_actions = (self._softmax(next_logits) @ self.support).argmax(axis=1)
         next_probs = self._softmax(target_logits[rows, next_actions])
         tz = np.clip(rewards[:, None] + (self.gamma_n * (1.0 - dones))[:, None] * self.support, self.v_min, self.v_max)
         b = (tz - self.v_min) / self.delta_z
         lower, upper = np.floor(b), np.ceil(b)
         offsets = (rows * k)[:, None]
         index = np.concatenate(((offsets + lower).ravel(), (offsets + upper).ravel())).astype(np.intp)
-        mass = np.concatenate(
-            ((next_probs * (upper - b + (lower == upper))).ravel(), (next_probs * (b - lower)).ravel())
-        )
-        m = np.bincount(index, weights=mass, minlength=n * k).reshape(n, k).astype(np.float32)
+        to_lower = next_probs * (upper - b + (lower == upper))  # (all of p to l where l = u)
+        mass = np.concatenate((to_lower.ravel(), (next_probs * (b - lower)).ravel()))
+        return np.bincount(index, weights=mass, minlength=n * k).reshape(n, k).astype(np.float32)
 
-        # loss: importance-weighted cross-entropy of m against p(s, a)
-        chosen = logits[rows, actions]
+    def _loss_and_backward(
+        self, online: list[np.ndarray], obs: np.ndarray, actions: np.ndarray, m: np.ndarray, weights: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        """The importance-weighted cross-entropy of ``m`` against ``p(s, a)``, and its gradient into ``self.grad``."""
+        n, k = len(obs), self.n_atoms
+        rows = np.arange(n)
+        chosen = online[-1][rows, actions]
         shifted = chosen - chosen.max(axis=1, keepdims=True)
         exp = np.exp(shifted)
         total = exp.sum(axis=1, keepdims=True)
@@ -252,12 +272,11 @@ class NumpyRainbowStep:
         d_adv = d_head[:, k:].reshape(n, self.n_actions, k)
         d_adv[...] = (g / -self.n_actions)[:, None, :]  # ∂A_a = [a = a_i] g − g / |A|
         d_adv[rows, actions] += g
-        inputs = [obs, *(h[:n] for h in online[:-2])]
-        hidden = online[-2][:n]
+        inputs = [obs, *(h[:n] for h in online[:-1])]  # each layer's input: the observations, then activations
         d_out = d_head
         for layer in range(len(self.dims) - 1, -1, -1):
             gw_mu, gw_sigma, gb_mu, gb_sigma = self.grads[layer]
-            layer_in = inputs[layer] if layer < len(self.dims) - 1 else hidden
+            layer_in = inputs[layer]
             np.matmul(d_out.T, layer_in, out=gw_mu)
             np.multiply(gw_mu, self.noise[0][layer], out=gw_sigma)
             np.sum(d_out, axis=0, out=gb_mu)
@@ -266,8 +285,10 @@ class NumpyRainbowStep:
                 d_in = d_out @ self.weights[0][layer]
                 d_in *= layer_in > 0  # ReLU: its output was this layer's input
                 d_out = d_in
+        return loss, per_sample
 
-        # clipping and Adam
+    def _clip_and_adam(self) -> None:
+        """Clip the gradient by its global norm, then Adam's step, on the flat buffers."""
         norm = float(np.sqrt(np.dot(self.grad, self.grad)))
         coef = self.max_grad_norm / (norm + 1e-6)
         if coef < 1.0:
@@ -290,7 +311,6 @@ class NumpyRainbowStep:
             grad_scale=None,
             found_inf=None,
         )
-        return loss, np.abs(per_sample)
 
     def act(self, obs: np.ndarray, draw_noise: bool = True) -> int:
         """
@@ -329,3 +349,69 @@ class NumpyRainbowStep:
     def update_target(self) -> None:
         """Hard target update ``θ⁻ ← θ``."""
         self.target_theta[:] = self.theta
+
+
+def profile(step: NumpyRainbowStep, batch: int, reps: int = 300) -> dict[str, float]:
+    """
+    Seconds per call of each part of :meth:`NumpyRainbowStep.step`, timed apart (best of 5 timings of ``reps``
+    calls, on one random minibatch), and of the whole step.
+    """
+    rng = np.random.default_rng(0)
+    obs_dim = step.dims[0][0]
+    obs, next_obs = rng.normal(size=(2, batch, obs_dim)).astype(np.float32)
+    actions = rng.integers(step.n_actions, size=batch)
+    rewards, weights = rng.random((2, batch)).astype(np.float32)
+    dones = (rng.random(batch) < 0.05).astype(np.float32)
+    step._build(0)
+    step._build(1)
+    online, target_logits = step._forwards(obs, next_obs)
+    m = step._td_target(online[-1][batch:], target_logits, rewards, dones)
+    parts: dict[str, Callable[[], object]] = {
+        "noise draw (both networks)": step.draw_noise,
+        "noisy weights built (both networks)": lambda: (step._build(0), step._build(1)),
+        "forward passes (online on 2 x batch rows, target on batch rows)": lambda: step._forwards(obs, next_obs),
+        "TD target (double Q next action, C51 projection)": lambda: step._td_target(
+            online[-1][batch:], target_logits, rewards, dones
+        ),
+        "loss and backward pass": lambda: step._loss_and_backward(online, obs, actions, m, weights),
+        "clipping and Adam": step._clip_and_adam,
+        "whole step": lambda: step.step(obs, actions, rewards, next_obs, dones, weights),
+    }
+    state = [x.clone() for x in (*step._theta_t, *step._exp_avg, *step._exp_avg_sq, *step._steps)]
+    seconds = {}
+    for name, fn in parts.items():
+        # every part starts from the same weights and Adam state (the parts are called out of order)
+        for x, saved in zip((*step._theta_t, *step._exp_avg, *step._exp_avg_sq, *step._steps), state, strict=True):
+            x.copy_(saved)
+        for _ in range(20):
+            fn()
+        timings = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            timings.append((time.perf_counter() - start) / reps)
+        seconds[name] = min(timings)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Time each part of the NumPy Rainbow step (configuration 4's network)")
+    parser.add_argument("--net-arch", default="256,256")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=300)
+    args = parser.parse_args()
+    th.set_num_threads(1)
+    net_arch = [int(width) for width in args.net_arch.split(",")]
+    # configuration 4 of throughput.py: CartPole (4 inputs, 2 actions), 51 atoms on [0, 100], 3-step returns
+    step = NumpyRainbowStep(4, net_arch, 2, 51, 0.0, 100.0, 0.99**3)
+    with threadpool_limits(limits=1, user_api="blas"):
+        seconds = profile(step, args.batch, args.reps)
+    print(f"net_arch {net_arch}, batch {args.batch}, {step.theta.size} parameters, one thread")
+    print("\n| part | µs per step |\n|---|---:|")
+    for name, value in seconds.items():
+        print(f"| {name} | {value * 1e6:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
