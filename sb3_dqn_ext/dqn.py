@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from sb3_dqn_ext import fast_update
 from sb3_dqn_ext.buffers import PrioritizedReplayBuffer, ReplayBuffer
 from sb3_dqn_ext.errors import DivergenceError, ScratchDQNError
-from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLP, NumpyMLPAdam
+from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyC51, NumpyC51Adam, NumpyMLP, NumpyMLPAdam
 from sb3_dqn_ext.masking import (
     INFO_KEY,
     ActionMaskInfo,
@@ -169,8 +169,11 @@ class ScratchDQN(OffPolicyAlgorithm):
         the low-order bits differ from the ``"torch"`` backend (another BLAS), runs stay deterministic for a seed.
         While ``learn()``
         runs with it, NumPy's BLAS is limited to one thread (``threadpoolctl``): a small network's products are
-        slower on several. Anything else (CNN or Dict features, dueling, noisy or C51 heads, action masks, hooks)
-        uses the PyTorch path, as does the gradient step with another optimizer than Adam.
+        slower on several. For a C51 network (``n_atoms``) of such layers, noisy or not, with a plain or dueling head
+        (one layer per stream; Rainbow's network), ``"numpy"`` computes the whole C51 gradient step (TD target,
+        projection, loss, backward, clipping, Adam) in NumPy (:class:`~sb3_dqn_ext.fast_update.NumpyC51Adam`); its
+        rollout actions stay in PyTorch. Anything else (CNN or Dict features, dueling or noisy heads without C51,
+        action masks, hooks) uses the PyTorch path, as does the gradient step with another optimizer than Adam.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -445,6 +448,9 @@ class ScratchDQN(OffPolicyAlgorithm):
                 action = np.array([self.action_space.sample() for _ in range(n_envs)])
         elif masks is None and (numpy_mlp := self._numpy_mlp("q_net")) is not None:
             action = numpy_mlp(numpy_mlp.features(self._last_obs)).argmax(axis=1)  # argmax_a Q(s, a), in NumPy
+        elif masks is None and (numpy_c51 := self.__dict__.get("_numpy_c51_checked")) is not None:
+            # argmax_a Σ_i z_i p(s, a, z_i), in NumPy, on the noise just drawn
+            action = numpy_c51.q_values(NumpyMLP.features(self._last_obs)).argmax(axis=1)
         else:
             with th.inference_mode():
                 obs = obs_as_tensor(self._last_obs, self.device)
@@ -681,6 +687,25 @@ class ScratchDQN(OffPolicyAlgorithm):
         gamma = discounts.numpy() if isinstance(discounts, th.Tensor) else float(discounts)
         return th.from_numpy(data.rewards.numpy() + gamma * (1 - data.dones.numpy()) * next_q)
 
+    def _numpy_c51_target(self) -> NumpyC51 | None:
+        """The target network's NumPy forward pass for :class:`~sb3_dqn_ext.fast_update.NumpyC51Adam`, where it
+        applies now, else ``None``."""
+        return self._numpy_c51("q_net_target")
+
+    def _numpy_c51(self, name: str) -> NumpyC51 | None:
+        """The NumPy forward pass of the C51 network ``name`` (``"q_net"`` or ``"q_net_target"``) where
+        ``mlp_backend="numpy"`` applies to it now (see :class:`~sb3_dqn_ext.fast_update.NumpyC51`), else ``None``;
+        rebuilt when the network or its storage changed."""
+        if self.__dict__.get("mlp_backend", "torch") != "numpy" or not fast_update.ENABLED:
+            return None
+        q_net = getattr(self, name)
+        cache = self.__dict__.setdefault("_numpy_c51s", {})
+        cached = cache.get(name)
+        if cached is None or cached[0] is not q_net or (cached[1] is not None and cached[1].stale()):
+            cached = cache[name] = (q_net, NumpyC51.for_network(q_net))
+        numpy_c51 = cached[1]
+        return numpy_c51 if numpy_c51 is not None and numpy_c51.ready() else None
+
     def _numpy_target_mlps(self) -> tuple[NumpyMLP, NumpyMLP | None] | None:
         """The NumPy forward passes the TD target needs (the target network's, and the online one's with
         ``double_q``) where ``mlp_backend="numpy"`` applies to them now, else ``None``."""
@@ -724,10 +749,12 @@ class ScratchDQN(OffPolicyAlgorithm):
     def collect_rollouts(self, *args: Any, **kwargs: Any) -> Any:
         """SB3's ``collect_rollouts``, with the check of ``mlp_backend="numpy"``'s forward pass done once for it."""
         self._check_numpy_mlps("q_net")  # (the actions)
+        self._numpy_c51_checked = self._numpy_c51("q_net") if self._numpy_checked is not None else None
         try:
             return super().collect_rollouts(*args, **kwargs)
         finally:
             self._numpy_checked = None
+            self._numpy_c51_checked = None
 
     def _categorical_loss(
         self, data: Any, discounts: th.Tensor | float, masks: th.Tensor | None
@@ -760,7 +787,11 @@ class ScratchDQN(OffPolicyAlgorithm):
         if fast is None or fast.stale(q_net, optimizer) or getattr(self, "_fast_update_backend", None) != backend:
             if getattr(self, "_fast_update_unsupported", None) == (q_net, optimizer, backend):
                 return None
-            numpy_step = NumpyMLPAdam.for_network(q_net, optimizer) if backend == "numpy" else None
+            numpy_step = (
+                NumpyMLPAdam.for_network(q_net, optimizer) or NumpyC51Adam.for_network(q_net, optimizer)
+                if backend == "numpy"
+                else None
+            )
             fast = numpy_step or FlatMLPAdam.for_network(q_net, optimizer) or FlatAdam.for_network(q_net, optimizer)
             self._fast_update = fast
             self._fast_update_backend = backend
@@ -780,6 +811,9 @@ class ScratchDQN(OffPolicyAlgorithm):
         fast = flat if isinstance(flat, FlatMLPAdam) and flat.mlp_ready() else None
         # mlp_backend="numpy": whether the TD targets' forward passes run in NumPy
         self._check_numpy_mlps("q_net_target", *(("q_net",) if self.double_q else ()))
+        # mlp_backend="numpy" with a C51 network: the whole C51 step in NumPy (without action masks)
+        numpy_c51 = flat if isinstance(flat, NumpyC51Adam) and flat.c51_ready() else None
+        target_c51 = self._numpy_c51_target() if numpy_c51 is not None else None
 
         losses, td_errors, weights_mean = [], [], []
         for data, td_target in self._minibatches(gradient_steps, batch_size):
@@ -788,9 +822,19 @@ class ScratchDQN(OffPolicyAlgorithm):
                 self.q_net_target.reset_noise()
 
             weights = data.weights.reshape(-1) if prioritized else None  # importance-sampling weights
+            stepped = False  # whether the gradient step is done (the autograd-free steps)
             if self._distributional:
-                per_sample_loss, priority = self._categorical_loss(data, *self._discounts_and_masks(data))
-                loss = (per_sample_loss if weights is None else weights * per_sample_loss).mean()
+                discounts, masks = self._discounts_and_masks(data)
+                if target_c51 is not None and masks is None:
+                    # minimise (w ·) H(Φ(r + γ^n (1 − done) z), p(s, a)): TD target, loss, backward, clipping and
+                    # Adam in one call (NumPy)
+                    loss, priority = numpy_c51.step(  # type: ignore[union-attr]
+                        target_c51, data, discounts, self.max_grad_norm, weights, self.double_q
+                    )
+                    stepped = True
+                else:
+                    per_sample_loss, priority = self._categorical_loss(data, discounts, masks)
+                    loss = (per_sample_loss if weights is None else weights * per_sample_loss).mean()
             else:
                 if td_target is None:
                     td_target = self._td_target(data)  # y = r + γ^n (1 − terminated) Q_target(s', a*)
@@ -816,7 +860,9 @@ class ScratchDQN(OffPolicyAlgorithm):
                 weights_mean.append(weights.mean())  # type: ignore[union-attr]
             losses.append(loss.detach())
 
-            if fast is None and flat is not None:
+            if stepped:
+                pass
+            elif fast is None and flat is not None:
                 flat.zero_grad()
                 loss.backward()
                 flat.clip_grad_norm(self.max_grad_norm)
@@ -883,8 +929,8 @@ class ScratchDQN(OffPolicyAlgorithm):
                 )
             self.replay_buffer.enable_action_masks(int(self.action_space.n))
         # mlp_backend="numpy": a small network's matrix products are faster on one BLAS thread than on several
-        numpy_backend = (
-            self.__dict__.get("mlp_backend", "torch") == "numpy" and NumpyMLP.for_network(self.q_net) is not None
+        numpy_backend = self.__dict__.get("mlp_backend", "torch") == "numpy" and (
+            NumpyMLP.for_network(self.q_net) is not None or NumpyC51.for_network(self.q_net) is not None
         )
         with threadpool_limits(limits=1, user_api="blas") if numpy_backend else contextlib.nullcontext():
             return super().learn(
@@ -943,6 +989,8 @@ class ScratchDQN(OffPolicyAlgorithm):
         state = self.__dict__.copy()
         state.pop("_numpy_mlps", None)
         state.pop("_numpy_checked", None)
+        state.pop("_numpy_c51s", None)
+        state.pop("_numpy_c51_checked", None)
         return state
 
     def _excluded_save_params(self) -> list[str]:
@@ -960,6 +1008,8 @@ class ScratchDQN(OffPolicyAlgorithm):
             "_fast_update_backend",
             "_numpy_mlps",
             "_numpy_checked",
+            "_numpy_c51s",
+            "_numpy_c51_checked",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

@@ -42,6 +42,11 @@ is the same, the kernels are not (NumPy's BLAS, Adam's moments as ``β m + (1 �
 from the PyTorch path (``tests/test_numpy_backend.py`` pins them to it within float32 rounding, and to Q* on a small
 MDP); a run stays deterministic for its seed.
 
+For a C51 network of such layers (``nn.Linear`` or factorised-noise ``NoisyLinear``, with a plain or a dueling head:
+Rainbow's network), ``mlp_backend="numpy"`` computes the whole C51 step in NumPy with :class:`NumpyC51Adam` (TD
+target with the projection, cross-entropy, backward pass through the dueling head and the noisy weights, clipping,
+Adam), on the noise the layers hold; the forward passes run on :class:`NumpyC51`, views of the networks' storage.
+
 For every other Q-network (dueling, noisy, C51 heads, CNN or Dict features), :class:`FlatAdam` keeps the second half:
 autograd's backward pass accumulates into the flat gradient buffer, then clipping and Adam run once on the flat
 buffers, under the same conditions on the parameters and the optimizer (CPU, float32, the same Adam settings, no
@@ -63,7 +68,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim import optimizer as _optimizer_hooks
 
-from sb3_dqn_ext.policies import _FUNCTIONAL_ACTIVATIONS, QNetwork, _global_hooks, _has_hooks
+from sb3_dqn_ext.policies import _FUNCTIONAL_ACTIVATIONS, NoisyLinear, QNetwork, _global_hooks, _has_hooks
 
 ENABLED = True
 
@@ -720,7 +725,79 @@ def _fused_adam_cpu() -> bool:
 _FUSED_ADAM_CPU = _fused_adam_cpu()
 
 
-class NumpyMLPAdam(FlatMLPAdam):
+class _NumpyFlatAdam(FlatAdam):
+    """
+    Clipping and Adam for the NumPy steps, on :class:`FlatAdam`'s flat buffers through zero-copy NumPy views: Adam
+    by one call of PyTorch's fused CPU kernel (``Adam(fused=True)``'s) over the flat buffers, or in NumPy where this
+    PyTorch has no such kernel. Call :meth:`_numpy_views` once the parameters are views of the flat buffer.
+    """
+
+    def _numpy_views(self) -> None:
+        self._np_params = self.flat_params.numpy()
+        self._np_grads = self.flat_grads.numpy()
+        self._np_grad_views = [g.numpy() for g in self._grad_views]
+        self._tmp = np.empty_like(self._np_params)
+        self._tmp2 = np.empty_like(self._np_params)
+        self._ones: dict[int, np.ndarray] = {}  # batch size → a row of ones (Σ_i as a product)
+
+    def _row_of_ones(self, n: int) -> np.ndarray:
+        ones = self._ones.get(n)
+        if ones is None:
+            ones = self._ones[n] = np.ones(n, dtype=np.float32)
+        return ones
+
+    def _link_state(self) -> bool:
+        if not super()._link_state():
+            return False
+        self._np_steps = self.flat_steps.numpy()
+        # the fused kernel's tensor lists, built once (every parameter's step is the same count: one of them)
+        flat = (self.flat_params, self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq, self.flat_steps[:1])
+        self._fused_lists = tuple([tensor] for tensor in flat)
+        self._np_exp_avg = self.flat_exp_avg.numpy()
+        self._np_exp_avg_sq = self.flat_exp_avg_sq.numpy()
+        return True
+
+    def _np_clip_and_adam(self, max_grad_norm: float) -> None:
+        """``clip_grad_norm_`` (``g ← g · min(c / (‖g‖₂ + 1e-6), 1)``) and Adam on the flat buffers."""
+        self._link_grads()
+        g = self._np_grads
+        scale = float(max_grad_norm) / (math.sqrt(float(np.dot(g, g))) + 1e-6)
+        if not scale >= 1.0:  # (NaN too: it propagates, as with clip_grad_norm_)
+            np.multiply(g, scale, out=g)
+        self._np_adam()
+
+    def _np_adam(self) -> None:
+        """
+        Adam (Kingma & Ba), as ``torch.optim.Adam`` computes it, on the flat buffers: one call of PyTorch's fused CPU
+        kernel (``Adam(fused=True)``'s, one pass over the buffers where NumPy needs twelve), or, where this PyTorch
+        has none, the same update in NumPy.
+        """
+        group = self.group
+        lr, eps = float(group["lr"]), float(group["eps"])
+        beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
+        self._np_steps += 1.0
+        if _FUSED_ADAM_CPU:
+            _fused_adam(*self._fused_lists, lr, beta1, beta2, eps)  # (t already counted)
+            return
+        g, m, v, tmp, tmp2 = self._np_grads, self._np_exp_avg, self._np_exp_avg_sq, self._tmp, self._tmp2
+        t = float(self._np_steps[0])
+        np.multiply(m, beta1, out=m)
+        np.multiply(g, 1.0 - beta1, out=tmp)
+        np.add(m, tmp, out=m)  # m ← β₁ m + (1 − β₁) g
+        np.multiply(v, beta2, out=v)
+        np.multiply(g, g, out=tmp)
+        np.multiply(tmp, 1.0 - beta2, out=tmp)
+        np.add(v, tmp, out=v)  # v ← β₂ v + (1 − β₂) g²
+        # θ ← θ − lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε), with √(1 − β₂ᵗ) moved to the numerator
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
+        np.sqrt(v, out=tmp)
+        np.add(tmp, eps * bias_correction2_sqrt, out=tmp)
+        np.divide(m, tmp, out=tmp2)
+        np.multiply(tmp2, -lr * bias_correction2_sqrt / (1.0 - beta1**t), out=tmp2)
+        np.add(self._np_params, tmp2, out=self._np_params)
+
+
+class NumpyMLPAdam(FlatMLPAdam, _NumpyFlatAdam):
     """
     :class:`FlatMLPAdam`'s gradient step (forward, Huber loss, backward, clipping, Adam) computed by NumPy on the same
     flat buffers (zero-copy views), for ``ScratchDQN(mlp_backend="numpy")``. The same mathematics as
@@ -738,12 +815,7 @@ class NumpyMLPAdam(FlatMLPAdam):
     def __init__(self, q_net: QNetwork, optimizer: th.optim.Optimizer) -> None:
         super().__init__(q_net, optimizer)
         self.forward = NumpyMLP(q_net)  # (after FlatAdam made the parameters views of the flat buffer)
-        self._np_params = self.flat_params.numpy()
-        self._np_grads = self.flat_grads.numpy()
-        self._np_grad_views = [g.numpy() for g in self._grad_views]
-        self._tmp = np.empty_like(self._np_params)
-        self._tmp2 = np.empty_like(self._np_params)
-        self._ones: dict[int, np.ndarray] = {}  # batch size → a row of ones (Σ_i as a product)
+        self._numpy_views()
 
     @classmethod
     def for_network(cls, q_net: QNetwork, optimizer: th.optim.Optimizer) -> NumpyMLPAdam | None:
@@ -758,17 +830,6 @@ class NumpyMLPAdam(FlatMLPAdam):
 
     def mlp_ready(self) -> bool:
         return super().mlp_ready() and self.forward.ready()
-
-    def _link_state(self) -> bool:
-        if not super()._link_state():
-            return False
-        self._np_steps = self.flat_steps.numpy()
-        # the fused kernel's tensor lists, built once (every parameter's step is the same count: one of them)
-        flat = (self.flat_params, self.flat_grads, self.flat_exp_avg, self.flat_exp_avg_sq, self.flat_steps[:1])
-        self._fused_lists = tuple([tensor] for tensor in flat)
-        self._np_exp_avg = self.flat_exp_avg.numpy()
-        self._np_exp_avg_sq = self.flat_exp_avg_sq.numpy()
-        return True
 
     def step(
         self,
@@ -810,9 +871,7 @@ class NumpyMLPAdam(FlatMLPAdam):
         # backward: ∂L/∂Q(s, a) into the chosen actions' column, then layer by layer
         grad = np.zeros_like(q_all)
         grad[rows, chosen] = grad_q
-        ones = self._ones.get(n)
-        if ones is None:
-            ones = self._ones[n] = np.ones(n, dtype=np.float32)
+        ones = self._row_of_ones(n)
         grads = iter(reversed(self._np_grad_views))
         layers = self.forward.layers
         for index in range(len(layers) - 1, -1, -1):
@@ -825,41 +884,386 @@ class NumpyMLPAdam(FlatMLPAdam):
                     grad = grad @ layer[0]  # ∂L/∂x = g W
             else:
                 grad = layer[1](grad, outputs[index + 1])
-        self._link_grads()
-        g = self._np_grads
-        # clip_grad_norm_: g ← g · min(c / (‖g‖₂ + 1e-6), 1)
-        scale = float(max_grad_norm) / (math.sqrt(float(np.dot(g, g))) + 1e-6)
-        if not scale >= 1.0:  # (NaN too: it propagates, as with clip_grad_norm_)
-            np.multiply(g, scale, out=g)
-        self._np_adam()
+        self._np_clip_and_adam(max_grad_norm)
         return th.from_numpy(np.asarray(loss, dtype=np.float32)), th.from_numpy(q_values.reshape(-1, 1))
 
-    def _np_adam(self) -> None:
+
+# ------------------------------------------------------------------------------------------------ NumPy C51 step
+class _NumpyLinear:
+    """
+    An ``nn.Linear`` or :class:`~sb3_dqn_ext.policies.NoisyLinear` layer as NumPy sees it: zero-copy views of its
+    parameters and noise, and, for a noisy layer, its noise matrix ``f(ε_out) f(ε_in)ᵀ`` and noisy weights
+    ``μ_w + σ_w ⊙ f(ε_out) f(ε_in)ᵀ``, ``μ_b + σ_b ⊙ f(ε_out)``, built by :meth:`build` with the ops of
+    ``NoisyLinear.weight`` and ``NoisyLinear.bias`` (so the same numbers).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.noisy = type(module) is NoisyLinear
+        params = module._parameters
+        if self.noisy:
+            names = ("weight_mu", "weight_sigma", "bias_mu", "bias_sigma")
+            self.eps_in_t, self.eps_out_t = module._buffers["epsilon_in"], module._buffers["epsilon_out"]
+            self.eps_out = self.eps_out_t.numpy()
+            shape = params["weight_mu"].shape
+            self.noise_t, self.weight_t, self.bias_t = th.empty(shape), th.empty(shape), th.empty(shape[0])
+            self.noise, self.weight, self.bias = self.noise_t.numpy(), self.weight_t.numpy(), self.bias_t.numpy()
+            # (for the action of one or a few rows: the factorised form, without building the weights)
+            self.eps_in = self.eps_in_t.numpy()
+            self.w_mu, self.w_sigma, self.b_mu, self.b_sigma = (params[n].detach().numpy() for n in names)
+            self.tensors: tuple[th.Tensor, ...] = (*(params[n] for n in names), self.eps_in_t, self.eps_out_t)
+        else:
+            names = ("weight", "bias")
+            self.weight, self.bias = params["weight"].detach().numpy(), params["bias"].detach().numpy()
+            self.tensors = tuple(params[n] for n in names)
+        self.params = tuple(params[n] for n in names)
+        self._ptrs = [t.data_ptr() for t in self.tensors]
+
+    @staticmethod
+    def supported(module: nn.Module) -> bool:
+        if type(module) is NoisyLinear:
+            return all(
+                t.device.type == "cpu" and t.dtype == th.float32 and t.is_contiguous()
+                for t in (*module._parameters.values(), *module._buffers.values())
+            )
+        return type(module) is nn.Linear and module.bias is not None
+
+    def stale(self) -> bool:
+        """Whether a parameter or noise buffer was replaced or moved to other storage."""
+        module = self.module
+        current = (*module._parameters.values(), *(module._buffers.values() if self.noisy else ()))
+        return len(current) != len(self.tensors) or any(
+            a is not b or a.data_ptr() != ptr for a, b, ptr in zip(current, self.tensors, self._ptrs, strict=True)
+        )
+
+    def build(self) -> None:
+        if self.noisy:
+            w_mu, w_sigma, b_mu, b_sigma = self.params
+            with th.no_grad():
+                th.outer(self.eps_out_t, self.eps_in_t, out=self.noise_t)
+                th.addcmul(w_mu, w_sigma, self.noise_t, out=self.weight_t)  # μ_w + σ_w ⊙ f(ε_out) f(ε_in)ᵀ
+                th.addcmul(b_mu, b_sigma, self.eps_out_t, out=self.bias_t)  # μ_b + σ_b ⊙ f(ε_out)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        h = x @ self.weight.T  # x Wᵀ + b
+        h += self.bias
+        return h
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """The layer's output for a few rows without building the noisy weights, as ``NoisyLinear`` computes it:
+        ``μ_w x + μ_b + (σ_w (f(ε_in) ⊙ x) + σ_b) ⊙ f(ε_out)``."""
+        if not self.noisy:
+            return self(x)
+        h = x @ self.w_mu.T
+        h += self.b_mu
+        noise = (x * self.eps_in) @ self.w_sigma.T
+        noise += self.b_sigma
+        noise *= self.eps_out
+        h += noise
+        return h
+
+    def backward(self, grad: np.ndarray, x: np.ndarray, grads: tuple[np.ndarray, ...], ones: np.ndarray) -> None:
+        """The gradients of the parameters from ``∂L/∂y`` and the layer's input, into ``grads`` (the parameters'
+        order): ``∂L/∂W = gᵀ x``, ``∂L/∂b = Σ_i g_i``; for a noisy layer ``∂L/∂σ_w = ∂L/∂W ⊙ f(ε_out) f(ε_in)ᵀ``
+        and ``∂L/∂σ_b = ∂L/∂b ⊙ f(ε_out)``."""
+        np.matmul(grad.T, x, out=grads[0])
+        np.dot(ones, grad, out=grads[-2] if self.noisy else grads[1])
+        if self.noisy:
+            np.multiply(grads[0], self.noise, out=grads[1])
+            np.multiply(grads[2], self.eps_out, out=grads[3])
+
+
+class NumpyC51:
+    """
+    The forward pass of a distributional (C51) :class:`~sb3_dqn_ext.policies.QNetwork` on flattened ``Box``
+    observations, computed by NumPy on the network's own storage: an MLP of ``nn.Linear`` or
+    :class:`~sb3_dqn_ext.policies.NoisyLinear` layers with ReLU, Tanh or Sigmoid, and a C51 head, plain or dueling
+    (one layer per stream), with noisy layers or not: Rainbow's network. Used by ``mlp_backend="numpy"`` for the C51
+    gradient step (:class:`NumpyC51Adam`) and its TD target. Build it with :meth:`for_network` (``None`` where it does
+    not apply) and call :meth:`ready` before each use.
+
+    :param q_net: the Q-network
+    """
+
+    def __init__(self, q_net: QNetwork) -> None:
+        self.q_net = q_net
+        self.seq = q_net.q_net
+        self.modules = tuple(self.seq._modules.values())
+        self.types = tuple(type(m) for m in self.modules)
+        self.extractor = q_net.features_extractor
+        self.trunk: list[tuple[bool, Any]] = [
+            (True, _NumpyLinear(m)) if type(m) in (nn.Linear, NoisyLinear) else (False, _NUMPY_ACTIVATIONS[type(m)])
+            for m in self.modules
+        ]
+        self.streams: tuple[nn.Sequential, ...] = ()
+        self.heads: list[_NumpyLinear] = []
+        if q_net.dueling:
+            self.streams = (q_net.value_stream, q_net.advantage_stream)
+            self.heads = [_NumpyLinear(stream[0]) for stream in self.streams]  # value, advantage
+        self.linears = [layer for is_linear, layer in self.trunk if is_linear] + self.heads
+        self.n_actions, self.n_atoms = q_net.n_actions, int(q_net.n_atoms)  # type: ignore[arg-type]
+        self._support_t = q_net.support
+        self.support = self._support_t.numpy()
+
+    @classmethod
+    def for_network(cls, q_net: QNetwork) -> NumpyC51 | None:
         """
-        Adam (Kingma & Ba), as ``torch.optim.Adam`` computes it, on the flat buffers: one call of PyTorch's fused CPU
-        kernel (``Adam(fused=True)``'s, one pass over the buffers where NumPy needs twelve), or, where this PyTorch
-        has none, the same update in NumPy.
+        :param q_net: a Q-network
+        :return: its NumPy forward pass, or ``None`` where it does not apply (not C51, features other than a
+            flattened float ``Box``, other layers, several layers per dueling stream, not CPU float32)
         """
-        group = self.group
-        lr, eps = float(group["lr"]), float(group["eps"])
-        beta1, beta2 = float(group["betas"][0]), float(group["betas"][1])
-        self._np_steps += 1.0
-        if _FUSED_ADAM_CPU:
-            _fused_adam(*self._fused_lists, lr, beta1, beta2, eps)  # (t already counted)
-            return
-        g, m, v, tmp, tmp2 = self._np_grads, self._np_exp_avg, self._np_exp_avg_sq, self._tmp, self._tmp2
-        t = float(self._np_steps[0])
-        np.multiply(m, beta1, out=m)
-        np.multiply(g, 1.0 - beta1, out=tmp)
-        np.add(m, tmp, out=m)  # m ← β₁ m + (1 − β₁) g
-        np.multiply(v, beta2, out=v)
-        np.multiply(g, g, out=tmp)
-        np.multiply(tmp, 1.0 - beta2, out=tmp)
-        np.add(v, tmp, out=v)  # v ← β₂ v + (1 − β₂) g²
-        # θ ← θ − lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε), with √(1 − β₂ᵗ) moved to the numerator
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
-        np.sqrt(v, out=tmp)
-        np.add(tmp, eps * bias_correction2_sqrt, out=tmp)
-        np.divide(m, tmp, out=tmp2)
-        np.multiply(tmp2, -lr * bias_correction2_sqrt / (1.0 - beta1**t), out=tmp2)
-        np.add(self._np_params, tmp2, out=self._np_params)
+        if type(q_net) is not QNetwork or not q_net.distributional or not isinstance(q_net.q_net, nn.Sequential):
+            return None
+        if not _plain_flatten(q_net) or q_net.support.device.type != "cpu":
+            return None
+        modules = tuple(q_net.q_net._modules.values())
+        linear = [type(m) in (nn.Linear, NoisyLinear) for m in modules]
+        if modules and not linear[0]:
+            return None  # (activations run in place: never on the observations themselves)
+        for i, m in enumerate(modules):
+            if linear[i] and not _NumpyLinear.supported(m):
+                return None
+            if not linear[i] and (type(m) not in _NUMPY_ACTIVATIONS or getattr(m, "inplace", False)):
+                return None
+            if i > 0 and not linear[i] and not linear[i - 1]:
+                return None  # (activations run in place: see NumpyMLP)
+        heads: list[nn.Module] = []
+        if q_net.dueling:
+            streams = (q_net.value_stream, q_net.advantage_stream)
+            if any(not isinstance(s, nn.Sequential) or len(s) != 1 for s in streams):
+                return None
+            heads = [s[0] for s in streams]
+            if any(type(h) not in (nn.Linear, NoisyLinear) or not _NumpyLinear.supported(h) for h in heads):
+                return None
+        elif not modules or not linear[-1]:
+            return None
+        owned = [p for m in (*modules, *heads) for p in m.parameters()]
+        params = list(q_net.parameters())
+        if len(params) != len(owned) or {id(p) for p in params} != {id(p) for p in owned}:
+            return None
+        if any(p.device.type != "cpu" or p.dtype != th.float32 for p in params):
+            return None
+        return cls(q_net)
+
+    def stale(self) -> bool:
+        """Whether a layer, parameter, noise buffer or their storage changed: build a new one."""
+        q_net = self.q_net
+        if q_net.q_net is not self.seq or tuple(self.seq._modules.values()) != self.modules:
+            return True
+        if self.streams and (
+            q_net.value_stream is not self.streams[0] or q_net.advantage_stream is not self.streams[1]
+        ):
+            return True
+        if q_net._buffers.get("support") is not self._support_t:
+            return True
+        if any(tuple(s._modules.values()) != (h.module,) for s, h in zip(self.streams, self.heads, strict=True)):
+            return True
+        return any(layer.stale() for layer in self.linears)
+
+    def ready(self) -> bool:
+        """Whether :meth:`__call__` computes what the network would: the same layers and storage, nothing patched,
+        no hook (global ones too), the noisy layers' noise on."""
+        q_net, extractor = self.q_net, self.extractor
+        if q_net.features_extractor is not extractor or _global_hooks() or self.stale():
+            return False
+        if any(name in q_net.__dict__ for name in ("forward", "_head", "log_probs", "_predict")):
+            return False  # (patched on the instance)
+        modules = (*self.modules, *(h.module for h in self.heads))
+        types = (*self.types, *(type(h.module) for h in self.heads))
+        for module, module_type in zip(modules, types, strict=True):
+            if type(module) is not module_type or "forward" in module.__dict__ or _has_hooks(module):
+                return False
+            if module_type is NoisyLinear and not module.noise_enabled:
+                return False
+        if _has_hooks(q_net) or _has_hooks(self.seq) or any(_has_hooks(s) for s in self.streams):
+            return False
+        return not (_has_hooks(extractor) or _has_hooks(extractor.flatten))
+
+    def build(self) -> None:
+        """Build the noisy layers' weights from their current noise (call after every ``reset_noise``)."""
+        for layer in self.linears:
+            layer.build()
+
+    def __call__(self, x: np.ndarray, outputs: list[np.ndarray] | None = None) -> np.ndarray:
+        """
+        :param x: the features, ``(batch, features_dim)`` float32
+        :param outputs: when given, every trunk module's output is appended to it (for the backward pass)
+        :return: the logits ``(batch, n_actions, n_atoms)``: ``V + A − mean_a A`` per atom with a dueling head
+        """
+        h = x
+        for is_linear, layer in self.trunk:
+            h = layer(h) if is_linear else layer[0](h)  # (activations in place)
+            if outputs is not None:
+                outputs.append(h)
+        if not self.heads:
+            return h.reshape(len(h), self.n_actions, self.n_atoms)
+        value = self.heads[0](h).reshape(len(h), 1, self.n_atoms)
+        advantage = self.heads[1](h).reshape(len(h), self.n_actions, self.n_atoms)
+        logits = value + advantage  # Q = V + A − mean_a A, per atom
+        logits -= advantage.mean(axis=1, keepdims=True)
+        return logits
+
+    def q_values(self, x: np.ndarray) -> np.ndarray:
+        """
+        ``Q(s, a) = Σ_i z_i p(s, a, z_i)`` for a few rows (the rollout's actions), on the noise the layers hold now,
+        without building the noisy weights (see :meth:`_NumpyLinear.rows`).
+
+        :param x: the features, ``(batch, features_dim)`` float32
+        :return: ``(batch, n_actions)``
+        """
+        h = x
+        for is_linear, layer in self.trunk:
+            h = layer.rows(h) if is_linear else layer[0](h)
+        if not self.heads:
+            logits = h.reshape(len(h), self.n_actions, self.n_atoms)
+        else:
+            value = self.heads[0].rows(h).reshape(len(h), 1, self.n_atoms)
+            advantage = self.heads[1].rows(h).reshape(len(h), self.n_actions, self.n_atoms)
+            logits = value + advantage
+            logits -= advantage.mean(axis=1, keepdims=True)
+        return self.softmax(logits) @ self.support
+
+    @staticmethod
+    def softmax(logits: np.ndarray) -> np.ndarray:
+        """``p = softmax(logits)`` over the atoms."""
+        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        return p
+
+
+class NumpyC51Adam(_NumpyFlatAdam):
+    """
+    The C51 gradient step of ``ScratchDQN`` (TD target, cross-entropy loss, backward, clipping, Adam) computed by
+    NumPy for ``mlp_backend="numpy"``, on the flat buffers of :class:`FlatAdam`, for the networks
+    :class:`NumpyC51` supports (Rainbow's noisy dueling C51 MLP among them):
+
+    1. the TD target: ``a* = argmax_a Σ_i z_i p(s', a, z_i)`` by the online network (``double_q``) or the target
+       one, ``Tz = r + γ^n (1 − done) z``, and ``m = Φ(Tz, p_target(s', a*))``, C51's projection, summed with one
+       ``bincount``;
+    2. the loss ``L = mean_i (w_i) H(m_i, p(s_i, a_i))``, ``H`` the cross-entropy; ``H`` per sample is the
+       priority;
+    3. the backward pass: ``∂L/∂logits(s_i, a_i) = (w_i / n) (softmax · Σ_j m_ij − m_i)`` (zero for the other
+       actions), through the dueling combination (``∂V = g``, ``∂A_a = [a = a_i] g − g / |A|``) and the layers;
+    4. clipping and Adam as :class:`NumpyMLPAdam`.
+
+    The online network runs once on the observations and next observations together. The same mathematics as
+    the PyTorch path with other kernels: the low-order bits differ (``tests/test_numpy_backend.py`` pins it to the
+    PyTorch step within float32 rounding).
+
+    :param q_net: the online Q-network
+    :param optimizer: its ``torch.optim.Adam``
+    """
+
+    def __init__(self, q_net: QNetwork, optimizer: th.optim.Optimizer) -> None:
+        super().__init__(q_net, optimizer)
+        self.net = NumpyC51(q_net)  # (after FlatAdam made the parameters views of the flat buffer)
+        self._numpy_views()
+        grad_of = {id(p): g for p, g in zip(self.params, self._np_grad_views, strict=True)}
+        self.layer_grads = [tuple(grad_of[id(p)] for p in layer.params) for layer in self.net.linears]
+
+    @classmethod
+    def for_network(cls, q_net: QNetwork, optimizer: th.optim.Optimizer) -> NumpyC51Adam | None:
+        """
+        :param q_net: the online Q-network
+        :param optimizer: the optimizer over its parameters
+        :return: the NumPy C51 step for them, or ``None`` where it does not apply
+        """
+        if not ENABLED or NumpyC51.for_network(q_net) is None:
+            return None
+        return super().for_network(q_net, optimizer)  # type: ignore[return-value]  # (built as cls)
+
+    def c51_ready(self) -> bool:
+        """Whether :meth:`step` computes what the PyTorch path would (see :meth:`NumpyC51.ready`)."""
+        return self.net.ready()
+
+    def step(
+        self,
+        target: NumpyC51,
+        data: Any,
+        discounts: th.Tensor | float,
+        max_grad_norm: float,
+        weights: th.Tensor | None,
+        double_q: bool,
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """
+        One C51 gradient step on a minibatch, with the noise the networks hold now.
+
+        :param target: the target network's NumPy forward pass
+        :param data: the minibatch (observations, actions, next observations, rewards, dones)
+        :param discounts: ``γ^n`` per sample (n-step returns) or ``γ``
+        :param max_grad_norm: clip the gradient to this L2 norm
+        :param weights: importance-sampling weights ``w_i``, ``(batch,)`` (prioritized replay), or ``None``
+        :param double_q: the online network picks ``a*``
+        :return: the loss and the per-sample cross-entropy (the priorities), both before the step
+        """
+        online = self.net
+        obs = NumpyMLP.features(data.observations.numpy())
+        next_obs = NumpyMLP.features(data.next_observations.numpy())
+        n, k = obs.shape[0], online.n_atoms
+        rows = np.arange(n)
+        online.build()
+        target.build()
+        outputs = [np.concatenate((obs, next_obs)) if double_q else obs]
+        logits = online(outputs[0], outputs)
+        next_probs = NumpyC51.softmax(target(next_obs))  # p_target(s', ·)
+        support = online.support
+
+        # TD target: a*, then m = Φ(r + γ^n (1 − done) z, p_target(s', a*))
+        next_q = (NumpyC51.softmax(logits[n:]) if double_q else next_probs) @ support  # Σ_i z_i p(s', a, z_i)
+        next_probs = next_probs[rows, next_q.argmax(axis=1)]
+        gamma = discounts.numpy() if isinstance(discounts, th.Tensor) else np.float32(discounts)
+        atoms = data.rewards.numpy() + gamma * (1 - data.dones.numpy()) * support  # Tz, (batch, atoms)
+        v_min, v_max = support[0], support[-1]
+        b = (np.clip(atoms, v_min, v_max) - v_min) / ((v_max - v_min) / (k - 1))
+        lower, upper = np.floor(b), np.ceil(b)
+        offsets = (rows * k)[:, None]
+        index = np.concatenate(
+            (np.clip(lower, 0, k - 1) + offsets, np.clip(upper, 0, k - 1) + offsets), axis=None
+        ).astype(np.intp)
+        mass = np.concatenate((next_probs * (upper - b + (lower == upper)), next_probs * (b - lower)), axis=None)
+        m = np.bincount(index, weights=mass, minlength=n * k).reshape(n, k).astype(np.float32)
+
+        # loss: (w ·) cross-entropy of m against p(s, a)
+        chosen = logits[rows, data.actions.numpy().reshape(-1)]
+        shifted = chosen - chosen.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        total = exp.sum(axis=1, keepdims=True)
+        per_sample = -(m * (shifted - np.log(total))).sum(axis=1)  # H(m, p(s, a))
+        g = exp / total * m.sum(axis=1, keepdims=True) - m  # ∂H/∂logits(s, a)
+        if weights is None:
+            loss = per_sample.sum() / n
+            g /= n
+        else:
+            w = weights.numpy().reshape(-1)
+            loss = np.dot(w, per_sample) / n
+            g *= (w / n)[:, None]
+
+        # backward: the chosen logits into the head's output, then layer by layer
+        actions = data.actions.numpy().reshape(-1)
+        ones = self._row_of_ones(n)
+        grads = iter(reversed(self.layer_grads))
+        trunk_out = outputs[-1][:n]
+        if online.heads:
+            d_value = g  # ∂V = Σ_a ∂logits_a = g
+            d_advantage = np.repeat((g / -online.n_actions)[:, None, :], online.n_actions, axis=1)
+            d_advantage[rows, actions] += g  # ∂A_a = [a = a_i] g − g / |A|
+            d_advantage = d_advantage.reshape(n, -1)
+            value, advantage = online.heads
+            advantage.backward(d_advantage, trunk_out, next(grads), ones)
+            value.backward(d_value, trunk_out, next(grads), ones)
+            if online.trunk:
+                grad = d_value @ value.weight  # ∂L/∂h = ∂V W_V + ∂A W_A
+                grad += d_advantage @ advantage.weight
+        else:
+            grad = np.zeros((n, online.n_actions * k), dtype=np.float32)
+            grad.reshape(n, online.n_actions, k)[rows, actions] = g
+        for index in range(len(online.trunk) - 1, -1, -1):
+            is_linear, layer = online.trunk[index]
+            if is_linear:
+                layer.backward(grad, outputs[index][:n], next(grads), ones)
+                if index > 0:
+                    grad = grad @ layer.weight  # ∂L/∂x = g W
+            else:
+                grad = layer[1](grad, outputs[index + 1][:n])
+        self._np_clip_and_adam(max_grad_norm)
+        return th.from_numpy(np.asarray(loss, dtype=np.float32)), th.from_numpy(per_sample)

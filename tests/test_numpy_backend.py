@@ -21,9 +21,9 @@ from test_dqn_core import CHAIN_Q_STAR_KWARGS, CHAIN_Q_STAR_STEPS, CHAIN_Q_STAR_
 from torch import nn
 
 import sb3_dqn_ext.fast_update as fast_update
-from sb3_dqn_ext import ScratchDQN
+from sb3_dqn_ext import PrioritizedReplayBuffer, ScratchDQN
 from sb3_dqn_ext.errors import ScratchDQNError
-from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyMLP, NumpyMLPAdam
+from sb3_dqn_ext.fast_update import FlatAdam, FlatMLPAdam, NumpyC51Adam, NumpyMLP, NumpyMLPAdam
 from sb3_dqn_ext.policies import DQNPolicy
 
 COMMON = dict(learning_starts=64, train_freq=8, target_update_interval=40, batch_size=32, seed=3)
@@ -367,3 +367,132 @@ def test_blas_is_not_limited_where_the_numpy_backend_does_not_apply():
     model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=dict(dueling=True), **COMMON)
     model.learn(10, callback=callback)
     assert callback.threads == before
+
+
+# ------------------------------------------------------------------------------------------------ C51 (Rainbow)
+RAINBOW_NET = dict(net_arch=[32, 32], noisy=True, dueling=True, n_atoms=51, v_min=0.0, v_max=100.0)
+C51_CASES = {
+    "rainbow": dict(double_q=True, n_steps=3, replay_buffer_class=PrioritizedReplayBuffer, policy_kwargs=RAINBOW_NET),
+    "c51": dict(policy_kwargs=dict(net_arch=[32], n_atoms=11, v_min=0.0, v_max=50.0)),
+    "dueling_c51_tanh_double": dict(
+        double_q=True, policy_kwargs=dict(net_arch=[16], activation_fn=nn.Tanh, dueling=True, n_atoms=21)
+    ),
+    "noisy_c51_no_hidden": dict(policy_kwargs=dict(net_arch=[], noisy=True, n_atoms=11, v_min=0.0, v_max=20.0)),
+}
+
+
+def _twin_c51_models(kwargs):
+    """A PyTorch-backend model with a filled buffer, and a NumPy-backend twin with the same weights and buffer."""
+    common = dict(learning_starts=10_000, buffer_size=5000, batch_size=32, seed=1, **kwargs)
+    torch_model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="torch", **common).learn(600)
+    numpy_model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", **common).learn(1)
+    numpy_model.set_parameters(torch_model.get_parameters())
+    numpy_model.replay_buffer = copy.deepcopy(torch_model.replay_buffer)
+    return torch_model, numpy_model
+
+
+@pytest.mark.parametrize("case", list(C51_CASES))
+def test_numpy_c51_step_is_the_torch_step_within_float32_rounding(case, monkeypatch):
+    torch_model, numpy_model = _twin_c51_models(C51_CASES[case])
+    before = [p.detach().clone() for p in numpy_model.policy.parameters()]
+    losses = {}
+    for name, model in (("torch", torch_model), ("numpy", numpy_model)):
+        if name == "numpy":  # (the NumPy model must not compute its loss by autograd)
+            monkeypatch.setattr(ScratchDQN, "_categorical_loss", lambda *a, **k: pytest.fail("autograd path"))
+        th.manual_seed(5)  # the same noise draws and the same minibatches for both
+        np.random.seed(5)
+        model._current_progress_remaining = 0.5
+        model.train(gradient_steps=6, batch_size=32)
+        losses[name] = model.logger.name_to_value["train/loss"]
+    assert type(torch_model._fast_update) is FlatAdam
+    assert isinstance(numpy_model._fast_update, NumpyC51Adam)
+    assert losses["numpy"] == pytest.approx(losses["torch"], rel=1e-5)
+    for p, q in zip(torch_model.policy.parameters(), numpy_model.policy.parameters(), strict=True):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-6)
+    # (and the step moved the weights: Adam's first steps move each one by up to about the learning rate)
+    moved = max(
+        float((p.detach() - q).abs().max()) for p, q in zip(numpy_model.policy.parameters(), before, strict=True)
+    )
+    assert moved > 3 * numpy_model.learning_rate
+    if isinstance(torch_model.replay_buffer, PrioritizedReplayBuffer):  # the priorities: H(m, p(s, a)) per sample
+        np.testing.assert_allclose(
+            numpy_model.replay_buffer.tree._sums[0], torch_model.replay_buffer.tree._sums[0], rtol=1e-5
+        )
+    # Adam's state stays torch.optim.Adam's: the step counts of both runs agree
+    steps = [float(next(iter(m.policy.optimizer.state.values()))["step"]) for m in (torch_model, numpy_model)]
+    assert steps[0] == steps[1] == 6
+
+
+def test_numpy_c51_learns_q_star_on_the_chain_mdp(monkeypatch):
+    calls = []
+    step = NumpyC51Adam.step
+    monkeypatch.setattr(NumpyC51Adam, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
+    env = gym.wrappers.FlattenObservation(make_chain(max_episode_steps=10))  # one-hot Box observations
+    kwargs = dict(CHAIN_Q_STAR_KWARGS, policy_kwargs=dict(net_arch=[64, 64], n_atoms=51, v_min=0.0, v_max=2.0))
+    model = ScratchDQN("MlpPolicy", env, mlp_backend="numpy", **kwargs).learn(CHAIN_Q_STAR_STEPS)
+    assert (
+        len(calls)
+        == kwargs["gradient_steps"] * (CHAIN_Q_STAR_STEPS - kwargs["learning_starts"]) // kwargs["train_freq"]
+    )
+    q_star = ChainMDP.optimal_q(gamma=0.9)
+    learned = _q_values_on_one_hot_states(model)
+    assert np.abs(learned - q_star).max() < CHAIN_Q_STAR_TOLERANCE  # as for the PyTorch path
+    assert (learned.argmax(1) == q_star.argmax(1)).all()
+
+
+def test_a_hook_or_mean_weights_send_the_numpy_c51_step_back_to_torch():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=RAINBOW_NET, **COMMON).learn(100)
+    assert isinstance(model._fast_update, NumpyC51Adam) and model._fast_update.c51_ready()
+    assert model._numpy_c51_target() is not None
+    with model.q_net.mean_weights():
+        assert not model._fast_update.c51_ready()
+    seen = []
+    model.q_net.advantage_stream[0].register_forward_hook(lambda module, inputs, output: seen.append(1))
+    assert not model._fast_update.c51_ready()
+    model.learn(100, reset_num_timesteps=False)
+    assert seen  # the hook ran: the gradient steps went through the module
+    # a replaced target network gets its own NumPy forward pass
+    model.q_net_target = copy.deepcopy(model.q_net_target)
+    assert model._numpy_c51_target().q_net is model.q_net_target
+
+
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [dict(n_atoms=11, dueling=True, dueling_net_arch=dict(value=[8], advantage=[8])), dict(n_atoms=11, net_arch=[])],
+    ids=["two-layer streams", "no hidden layer, no dueling"],
+)
+def test_numpy_c51_supports_only_what_it_computes(policy_kwargs):
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=policy_kwargs, **COMMON)
+    model.learn(100)
+    supported = policy_kwargs.get("net_arch") == []  # (a single linear layer: the head)
+    assert isinstance(model._fast_update, NumpyC51Adam) == supported
+    if not supported:
+        assert type(model._fast_update) is FlatAdam
+
+
+def test_numpy_c51_save_load_continue_the_run(tmp_path):
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=RAINBOW_NET, **COMMON)
+    model.learn(300)
+    n_steps = float(next(iter(model.policy.optimizer.state.values()))["step"])
+    model.save(tmp_path / "model.zip")
+    loaded = ScratchDQN.load(tmp_path / "model.zip", env=gym.make("CartPole-v1"))
+    loaded.learn(80, reset_num_timesteps=False)
+    assert isinstance(loaded._fast_update, NumpyC51Adam)
+    assert float(next(iter(loaded.policy.optimizer.state.values()))["step"]) == n_steps + 10
+
+
+@pytest.mark.parametrize("case", ["rainbow", "c51"])
+def test_numpy_c51_actions_are_the_networks_greedy_actions(case, monkeypatch):
+    policy_kwargs = C51_CASES[case]["policy_kwargs"]
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=policy_kwargs, **COMMON)
+    model.learn(200)
+    numpy_c51 = model._numpy_c51("q_net")
+    obs = np.random.default_rng(0).normal(0, 2, size=(7, 4)).astype(np.float32)
+    model.q_net.reset_noise()
+    with th.no_grad():
+        expected = model.q_net(th.from_numpy(obs)).numpy()  # (noisy: the noise just drawn, as in rollouts)
+    np.testing.assert_allclose(numpy_c51.q_values(obs), expected, rtol=1e-5, atol=1e-5)
+    # the rollouts' greedy actions come from NumPy: PyTorch's forward pass is never called for them
+    monkeypatch.setattr(type(model.q_net), "_predict", lambda *a, **k: pytest.fail("PyTorch action"))
+    model.exploration_rate = 0.0
+    model.learn(100, reset_num_timesteps=False)
