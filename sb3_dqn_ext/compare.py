@@ -218,6 +218,13 @@ ALGORITHMS: dict[str, Algorithm] = {
         kwargs=dict(exploration_initial_eps=0.0, exploration_final_eps=0.0),
         env_policy_kwargs="rainbow",
     ),
+    # the same Rainbow with its C51 step and rollout actions in NumPy (mlp_backend="numpy": same mathematics)
+    "rainbow_numpy": Algorithm(
+        "sb3_dqn_ext:RainbowDQN",
+        "RainbowDQN, NumPy backend",
+        kwargs=dict(exploration_initial_eps=0.0, exploration_final_eps=0.0, mlp_backend="numpy"),
+        env_policy_kwargs="rainbow",
+    ),
     # Rainbow less its noisy layers: every other component with RainbowDQN's settings, and the ε-greedy exploration
     # of the shared hyperparameters (SB3's DQN's): isolates what the noisy layers do to learning
     "rainbow_no_noisy": Algorithm(

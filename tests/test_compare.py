@@ -69,7 +69,8 @@ def test_every_algorithm_gets_the_shared_values_and_its_own_settings():
     shared_policy_kwargs = shared.pop("policy_kwargs")
     resolved = {algo: hyperparameters(algo, "CartPole-v1")[1] for algo in ALGORITHMS}
     for algo, kwargs in resolved.items():
-        exploration = {"exploration_final_eps"} if algo == "rainbow" else set()  # noisy layers explore instead
+        # noisy layers explore instead
+        exploration = {"exploration_final_eps"} if algo in ("rainbow", "rainbow_numpy") else set()
         assert {k: v for k, v in kwargs.items() if k in shared and k not in exploration} == {
             k: v for k, v in shared.items() if k not in exploration
         }, algo
@@ -88,6 +89,7 @@ def test_every_algorithm_gets_the_shared_values_and_its_own_settings():
     rainbow = resolved["rainbow"]
     assert rainbow["policy_kwargs"] == {"net_arch": [256, 256], "v_min": 0.0, "v_max": 100.0}
     assert rainbow["exploration_initial_eps"] == rainbow["exploration_final_eps"] == 0.0
+    assert resolved["rainbow_numpy"] == {**rainbow, "mlp_backend": "numpy"}
     no_noisy = resolved["rainbow_no_noisy"]  # Rainbow's other components, SB3's ε-greedy from the shared values
     assert no_noisy["policy_kwargs"] == {
         "net_arch": [256, 256],
