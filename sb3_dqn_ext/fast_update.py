@@ -604,7 +604,36 @@ def _plain_flatten(q_net: QNetwork) -> bool:
     return isinstance(space, spaces.Box) and not is_image_space(space)
 
 
-class NumpyMLP:
+class _NumpyNetwork:
+    """What the NumPy forward passes share: the Q-network's modules as they were built, and the check that nothing
+    changed since (subclasses define :meth:`stale`)."""
+
+    def __init__(self, q_net: QNetwork) -> None:
+        self.q_net = q_net
+        self.seq = q_net.q_net
+        self.modules = tuple(self.seq._modules.values())
+        self.types = tuple(type(m) for m in self.modules)
+        self.extractor = q_net.features_extractor
+
+    def stale(self) -> bool:
+        raise NotImplementedError
+
+    def _untouched(self, modules: tuple[nn.Module, ...], types: tuple[type, ...], methods: tuple[str, ...]) -> bool:
+        """The same features extractor, layers and storage (not :meth:`stale`), no ``methods`` of the network and
+        no ``forward`` of ``modules`` patched on the instance, the same module classes (a parametrization changes a
+        layer's class), no hook (global ones too)."""
+        q_net, extractor = self.q_net, self.extractor
+        if q_net.features_extractor is not extractor or _global_hooks() or self.stale():
+            return False
+        if any(name in q_net.__dict__ for name in methods) or "forward" in self.seq.__dict__:
+            return False
+        for module, module_type in zip(modules, types, strict=True):
+            if type(module) is not module_type or "forward" in module.__dict__ or _has_hooks(module):
+                return False
+        return not (_has_hooks(q_net) or _has_hooks(self.seq) or _has_hooks(extractor) or _has_hooks(extractor.flatten))
+
+
+class NumpyMLP(_NumpyNetwork):
     """
     The forward pass of a :class:`~sb3_dqn_ext.policies.QNetwork`'s plain MLP (``nn.Linear`` layers with ReLU, Tanh
     or Sigmoid), computed by NumPy on the layers' own storage: the weights are zero-copy NumPy views of the
@@ -617,11 +646,7 @@ class NumpyMLP:
     """
 
     def __init__(self, q_net: QNetwork) -> None:
-        self.q_net = q_net
-        self.seq = q_net.q_net
-        self.modules = tuple(self.seq._modules.values())
-        self.types = tuple(type(m) for m in self.modules)
-        self.extractor = q_net.features_extractor
+        super().__init__(q_net)
         self.linears = [(m, m.weight, m.bias) for m in self.modules if type(m) is nn.Linear]
         self._data_ptrs = [(w.data_ptr(), b.data_ptr()) for _, w, b in self.linears]
         # per module: (W, b) views for a linear layer, or the activation's (forward, backward)
@@ -677,16 +702,7 @@ class NumpyMLP:
     def ready(self) -> bool:
         """Whether :meth:`__call__` computes what ``q_net(obs)`` would: the same layers and parameters in the same
         storage, nothing patched, no hook (global ones too)."""
-        q_net, extractor = self.q_net, self.extractor
-        if q_net.features_extractor is not extractor or _global_hooks() or self.stale():
-            return False
-        if any(name in q_net.__dict__ for name in ("forward", "_predict")) or "forward" in self.seq.__dict__:
-            return False  # (patched on the instance)
-        for module, module_type in zip(self.modules, self.types, strict=True):
-            # (a parametrization changes a layer's class; a patched forward is an instance attribute)
-            if type(module) is not module_type or "forward" in module.__dict__ or _has_hooks(module):
-                return False
-        return not (_has_hooks(q_net) or _has_hooks(self.seq) or _has_hooks(extractor) or _has_hooks(extractor.flatten))
+        return self._untouched(self.modules, self.types, ("forward", "_predict"))
 
     @staticmethod
     def features(obs: np.ndarray) -> np.ndarray:
@@ -973,7 +989,7 @@ class _NumpyLinear:
             np.multiply(grads[2], self.eps_out, out=grads[3])
 
 
-class NumpyC51:
+class NumpyC51(_NumpyNetwork):
     """
     The forward pass of a distributional (C51) :class:`~sb3_dqn_ext.policies.QNetwork` on flattened ``Box``
     observations, computed by NumPy on the network's own storage: an MLP of ``nn.Linear`` or
@@ -986,11 +1002,7 @@ class NumpyC51:
     """
 
     def __init__(self, q_net: QNetwork) -> None:
-        self.q_net = q_net
-        self.seq = q_net.q_net
-        self.modules = tuple(self.seq._modules.values())
-        self.types = tuple(type(m) for m in self.modules)
-        self.extractor = q_net.features_extractor
+        super().__init__(q_net)
         self.trunk: list[tuple[bool, Any]] = [
             (True, _NumpyLinear(m)) if type(m) in (nn.Linear, NoisyLinear) else (False, _NUMPY_ACTIVATIONS[type(m)])
             for m in self.modules
@@ -1063,21 +1075,13 @@ class NumpyC51:
     def ready(self) -> bool:
         """Whether :meth:`__call__` computes what the network would: the same layers and storage, nothing patched,
         no hook (global ones too), the noisy layers' noise on."""
-        q_net, extractor = self.q_net, self.extractor
-        if q_net.features_extractor is not extractor or _global_hooks() or self.stale():
-            return False
-        if any(name in q_net.__dict__ for name in ("forward", "_head", "log_probs", "_predict")):
-            return False  # (patched on the instance)
         modules = (*self.modules, *(h.module for h in self.heads))
         types = (*self.types, *(type(h.module) for h in self.heads))
-        for module, module_type in zip(modules, types, strict=True):
-            if type(module) is not module_type or "forward" in module.__dict__ or _has_hooks(module):
-                return False
-            if module_type is NoisyLinear and not module.noise_enabled:
-                return False
-        if _has_hooks(q_net) or _has_hooks(self.seq) or any(_has_hooks(s) for s in self.streams):
+        if not self._untouched(modules, types, ("forward", "_head", "log_probs", "_predict")):
             return False
-        return not (_has_hooks(extractor) or _has_hooks(extractor.flatten))
+        if any(type(m) is NoisyLinear and not m.noise_enabled for m in modules):
+            return False
+        return not any(_has_hooks(s) or "forward" in s.__dict__ for s in self.streams)
 
     def build(self) -> None:
         """Build the noisy layers' weights from their current noise (call after every ``reset_noise``)."""

@@ -159,13 +159,19 @@ def _q_values_on_one_hot_states(model, n_states=5):
         return model.q_net(th.eye(n_states)).numpy()
 
 
-def test_numpy_backend_learns_q_star_on_the_chain_mdp(monkeypatch):
+@pytest.mark.parametrize(
+    "step_class, policy_kwargs",
+    [("NumpyMLPAdam", None), ("NumpyC51Adam", dict(net_arch=[64, 64], n_atoms=51, v_min=0.0, v_max=2.0))],
+    ids=["mlp", "c51"],
+)
+def test_numpy_backend_learns_q_star_on_the_chain_mdp(step_class, policy_kwargs, monkeypatch):
     calls = []
-    step = NumpyMLPAdam.step
-    monkeypatch.setattr(NumpyMLPAdam, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
+    cls = getattr(fast_update, step_class)
+    step = cls.step
+    monkeypatch.setattr(cls, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
     env = gym.wrappers.FlattenObservation(make_chain(max_episode_steps=10))  # one-hot Box observations
-    model = ScratchDQN("MlpPolicy", env, mlp_backend="numpy", **CHAIN_Q_STAR_KWARGS).learn(CHAIN_Q_STAR_STEPS)
-    kwargs = CHAIN_Q_STAR_KWARGS
+    kwargs = dict(CHAIN_Q_STAR_KWARGS, **({} if policy_kwargs is None else dict(policy_kwargs=policy_kwargs)))
+    model = ScratchDQN("MlpPolicy", env, mlp_backend="numpy", **kwargs).learn(CHAIN_Q_STAR_STEPS)
     # every gradient step in NumPy
     assert (
         len(calls)
@@ -421,23 +427,6 @@ def test_numpy_c51_step_is_the_torch_step_within_float32_rounding(case, monkeypa
     # Adam's state stays torch.optim.Adam's: the step counts of both runs agree
     steps = [float(next(iter(m.policy.optimizer.state.values()))["step"]) for m in (torch_model, numpy_model)]
     assert steps[0] == steps[1] == 6
-
-
-def test_numpy_c51_learns_q_star_on_the_chain_mdp(monkeypatch):
-    calls = []
-    step = NumpyC51Adam.step
-    monkeypatch.setattr(NumpyC51Adam, "step", lambda self, *a, **k: calls.append(1) or step(self, *a, **k))
-    env = gym.wrappers.FlattenObservation(make_chain(max_episode_steps=10))  # one-hot Box observations
-    kwargs = dict(CHAIN_Q_STAR_KWARGS, policy_kwargs=dict(net_arch=[64, 64], n_atoms=51, v_min=0.0, v_max=2.0))
-    model = ScratchDQN("MlpPolicy", env, mlp_backend="numpy", **kwargs).learn(CHAIN_Q_STAR_STEPS)
-    assert (
-        len(calls)
-        == kwargs["gradient_steps"] * (CHAIN_Q_STAR_STEPS - kwargs["learning_starts"]) // kwargs["train_freq"]
-    )
-    q_star = ChainMDP.optimal_q(gamma=0.9)
-    learned = _q_values_on_one_hot_states(model)
-    assert np.abs(learned - q_star).max() < CHAIN_Q_STAR_TOLERANCE  # as for the PyTorch path
-    assert (learned.argmax(1) == q_star.argmax(1)).all()
 
 
 def test_a_hook_or_mean_weights_send_the_numpy_c51_step_back_to_torch():
