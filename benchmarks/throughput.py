@@ -508,11 +508,15 @@ def floor_wall(run: dict[str, float], per_update: float, per_step: float) -> flo
     return run["env"] + run["steps"] * per_step + run["updates"] * per_update
 
 
-def cnn_floors(obs_shape: tuple[int, ...], n_actions: int, batch: int, reps: int = 20) -> dict[str, float]:
+def cnn_floors(
+    obs_shape: tuple[int, ...], n_actions: int, batch: int, reps: int = 20, channels_last: bool = False
+) -> dict[str, float]:
     """
     Seconds per bare eager DQN step (fused Adam) and per forward+argmax of one observation, on CPU, for SB3's
     ``NatureCNN`` and linear head written directly in PyTorch; observations are uint8 frames, channels first as SB3's
     ``VecTransposeImage`` (part of ``env.step``) hands them over, converted as SB3 converts them (float, ``/ 255``).
+    With ``channels_last`` the networks' weights are in channels-last (NHWC) memory format and each batch is copied
+    to it as uint8 before the conversion, as ``policy_kwargs=dict(channels_last=True)`` does.
     """
     th.manual_seed(0)
     height, width, channels = obs_shape
@@ -536,12 +540,16 @@ def cnn_floors(obs_shape: tuple[int, ...], n_actions: int, batch: int, reps: int
     online, target = net(), net()
     online(frames[:1].float())  # (materialises the lazy layer)
     target(frames[:1].float())
+    if channels_last:
+        online, target = online.to(memory_format=th.channels_last), target.to(memory_format=th.channels_last)
     params = list(online.parameters())
     optimizer = th.optim.Adam(params, lr=1e-4, fused=True)
     actions = th.randint(n_actions, (batch, 1))
     rewards, dones = th.randn(batch, 1), th.zeros(batch, 1)
 
     def prep(x: th.Tensor) -> th.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=th.channels_last)
         return x.float() / 255.0
 
     def step() -> None:
@@ -917,8 +925,11 @@ def main() -> None:
             obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
             env.close()
             f = cnn_floors(obs_shape, n_actions, config.kwargs["batch_size"])
-            labels = {"ScratchDQN": "", CHANNELS_LAST: " [channels_last]"}
-            floor_rows(config.name, best, labels, f, sb3_wall, detail, ceilings)
+            floor_rows(config.name, best, {"ScratchDQN": ""}, f, sb3_wall, detail, ceilings)
+            if CHANNELS_LAST in best:  # (against the same floors in channels-last memory format)
+                f = cnn_floors(obs_shape, n_actions, config.kwargs["batch_size"], channels_last=True)
+                labels = {CHANNELS_LAST: " [channels_last] (floors in channels-last)"}
+                floor_rows(config.name, best, labels, f, sb3_wall, detail, ceilings)
         print("\n".join(lines[-len(best) :]), flush=True)
         if args.breakdown:
             rows = breakdown_table(config, {"ScratchDQN": algos["ScratchDQN"]} if key == "4" else algos)

@@ -796,7 +796,11 @@ class ScratchDQN(OffPolicyAlgorithm):
             self._fast_update = fast
             self._fast_update_backend = backend
             self._fast_update_unsupported = (q_net, optimizer, backend) if fast is None else None
-        return fast if fast is not None and fast.ready() else None
+        if fast is None or not fast.ready():
+            return None
+        # channels_last (opt-in, other rounding already): Adam by PyTorch's fused kernel, as Adam(fused=True)
+        fast.fused_kernel = bool(getattr(q_net, "channels_last", False))
+        return fast
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Switch to train mode (this affects batch norm / dropout)

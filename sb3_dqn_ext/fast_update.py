@@ -203,6 +203,9 @@ class FlatAdam:
         self._one = th.tensor(1.0, dtype=th.float32)
         self._sqrt_buffer = th.empty_like(self.flat_params)  # Adam's √v (reused: one buffer, no allocation per step)
         self._half_ulps: dict[float, float] = {}  # ε → half a float32 ulp of ε
+        # Adam by the fused kernel even where the optimizer asks for the multi-tensor step (the same update, other
+        # rounding): set by ScratchDQN for the opt-ins that already give up SB3's bits (channels_last)
+        self.fused_kernel = False
 
     def _flat(self, tensors: list[th.Tensor]) -> th.Tensor:
         """A zero-padded flat float32 buffer holding ``tensors`` at the parameters' offsets."""
@@ -377,7 +380,9 @@ class FlatAdam:
 
     def _clip(self, max_grad_norm: float) -> None:
         total_norm = th.linalg.vector_norm(th.stack(th._foreach_norm(self._grad_views, 2.0)), 2.0)
-        self.flat_grads.mul_(th.clamp(float(max_grad_norm) / (total_norm + 1e-6), max=1.0))
+        coef = th.clamp(float(max_grad_norm) / (total_norm + 1e-6), max=1.0)
+        if not coef.item() >= 1.0:  # (g · 1 = g bitwise: only a coefficient below 1, or NaN, changes anything)
+            self.flat_grads.mul_(coef)
 
     @th.no_grad()
     def adam_step(self) -> None:
@@ -394,7 +399,7 @@ class FlatAdam:
             float(group["eps"]),
         )
         self.flat_steps.add_(self._one, alpha=1.0)
-        if group.get("fused"):
+        if group.get("fused") or (self.fused_kernel and _FUSED_ADAM_CPU):
             # torch.optim.Adam(fused=True): one call of the same fused kernel over the same per-tensor views (over
             # one flat tensor instead, a tensor's last few elements would take the kernel's vector path instead of
             # its scalar one, and round differently)

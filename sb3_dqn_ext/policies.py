@@ -501,7 +501,9 @@ class DQNPolicy(_LayoutVectors):
     :param v_max: highest support point of C51
     :param channels_last: keep the convolution weights of both networks, and the image batches on their way into
         them, in channels-last (NHWC) memory format (``torch.channels_last``), which oneDNN's CPU convolutions run
-        faster than the default NCHW. The mathematics is the same, the low-order bits are not (other kernels), so it
+        faster than the default NCHW. With it, ScratchDQN also runs Adam's step (``torch.optim.Adam`` on CPU, on its
+        flat buffers) as PyTorch's fused kernel, ``Adam(fused=True)``'s: the same update in one pass over the weights
+        instead of several. The mathematics is the same, the low-order bits are not (other kernels), so it
         is off by default (off: the numbers of SB3's DQN, bitwise). Only 4-D tensors are affected (not, e.g.,
         ``Conv3d`` weights): it changes nothing for MLP features. A custom features extractor must then flatten
         with ``nn.Flatten`` or ``reshape`` (as SB3's do), not ``view``, which needs NCHW-contiguous activations.

@@ -83,9 +83,17 @@ def test_channels_last_equals_nchw_to_rounding_and_flat_adam_is_bitwise(monkeypa
         moved = max(moved, (p - p0).abs().max().item())
     assert moved > 1e-4  # (the 10 steps changed the weights by far more than the tolerance)
 
-    # the flat-buffer Adam on channels-last parameters is bitwise torch's Adam on them
+    # the flat-buffer Adam on channels-last parameters is bitwise torch's fused Adam on them (channels_last runs
+    # Adam by the fused kernel)
+    assert nhwc._fast_update.fused_kernel and not nchw._fast_update.fused_kernel
     monkeypatch.setattr(fast_update, "ENABLED", False)
-    reference = train(filled(True), 10)
+    reference = ScratchDQN(
+        "CnnPolicy",
+        image_env(),
+        policy_kwargs=dict(channels_last=True, optimizer_kwargs=dict(fused=True)),
+        **KWARGS,
+    ).learn(60)
+    train(reference, 10)
     for p, q in zip(reference.policy.parameters(), nhwc.policy.parameters(), strict=True):
         assert th.equal(p, q)
 
