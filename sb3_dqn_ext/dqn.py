@@ -701,8 +701,8 @@ class ScratchDQN(OffPolicyAlgorithm):
         q_net = getattr(self, name)
         cache = self.__dict__.setdefault("_numpy_c51s", {})
         cached = cache.get(name)
-        if cached is None or cached[0] is not q_net or (cached[1] is not None and cached[1].stale()):
-            cached = cache[name] = (q_net, NumpyC51.for_network(q_net))
+        if cached is None or cached[0] is not q_net or cached[1] is None or cached[1].stale():
+            cached = cache[name] = (q_net, NumpyC51.for_network(q_net))  # (unsupported: checked again each time)
         numpy_c51 = cached[1]
         return numpy_c51 if numpy_c51 is not None and numpy_c51.ready() else None
 
@@ -793,13 +793,17 @@ class ScratchDQN(OffPolicyAlgorithm):
                 else None
             )
             fast = numpy_step or FlatMLPAdam.for_network(q_net, optimizer) or FlatAdam.for_network(q_net, optimizer)
+            if fast is not None:
+                # channels_last on convolutions (opt-in, other rounding already): Adam by PyTorch's fused kernel, as
+                # Adam(fused=True); without 4-D weights the option changes nothing, Adam's bits included
+                fast.fused_kernel = bool(getattr(q_net, "channels_last", False)) and any(
+                    p.dim() == 4 for p in fast.params
+                )
             self._fast_update = fast
             self._fast_update_backend = backend
             self._fast_update_unsupported = (q_net, optimizer, backend) if fast is None else None
         if fast is None or not fast.ready():
             return None
-        # channels_last (opt-in, other rounding already): Adam by PyTorch's fused kernel, as Adam(fused=True)
-        fast.fused_kernel = bool(getattr(q_net, "channels_last", False))
         return fast
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:

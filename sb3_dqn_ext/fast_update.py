@@ -1181,6 +1181,10 @@ class NumpyC51Adam(_NumpyFlatAdam):
             return None
         return super().for_network(q_net, optimizer)  # type: ignore[return-value]  # (built as cls)
 
+    def stale(self, q_net: nn.Module, optimizer: th.optim.Optimizer) -> bool:
+        """:meth:`FlatAdam.stale`, or a layer, noise buffer or support of the network replaced: build a new one."""
+        return super().stale(q_net, optimizer) or self.net.stale()
+
     def c51_ready(self) -> bool:
         """Whether :meth:`step` computes what the PyTorch path would (see :meth:`NumpyC51.ready`)."""
         return self.net.ready()

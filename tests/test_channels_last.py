@@ -169,3 +169,14 @@ def test_flat_adam_takes_any_dense_layout_and_refuses_gaps():
     gappy = th.randn(3, 8)[:, :4]  # every other block of 4 skipped: no flat slice holds it
     module = module_with(gappy)
     assert FlatAdam.for_network(module, th.optim.Adam(module.parameters(), lr=1e-3, foreach=True)) is None
+
+
+def test_channels_last_without_convolutions_keeps_adams_bits():
+    kwargs = dict(learning_starts=50, train_freq=4, target_update_interval=30, batch_size=16, seed=0)
+    models = [
+        ScratchDQN("MlpPolicy", "CartPole-v1", policy_kwargs=dict(channels_last=flag), **kwargs).learn(200)
+        for flag in (False, True)
+    ]
+    assert not models[1]._fast_update.fused_kernel
+    for p, q in zip(models[0].policy.parameters(), models[1].policy.parameters(), strict=True):
+        assert th.equal(p, q)

@@ -485,3 +485,18 @@ def test_numpy_c51_actions_are_the_networks_greedy_actions(case, monkeypatch):
     monkeypatch.setattr(type(model.q_net), "_predict", lambda *a, **k: pytest.fail("PyTorch action"))
     model.exploration_rate = 0.0
     model.learn(100, reset_num_timesteps=False)
+
+
+def test_numpy_c51_follows_replaced_noise_buffers_and_a_network_supported_again():
+    model = ScratchDQN("MlpPolicy", "CartPole-v1", mlp_backend="numpy", policy_kwargs=RAINBOW_NET, **COMMON).learn(100)
+    layer = model.q_net.q_net[0]
+    layer.epsilon_in = layer.epsilon_in.clone()  # a new noise buffer: the NumPy views must follow it
+    model.learn(100, reset_num_timesteps=False)
+    assert isinstance(model._fast_update, NumpyC51Adam) and model._fast_update.c51_ready()
+    assert model._fast_update.net.linears[0].eps_in_t is layer.epsilon_in
+    # a network the NumPy path does not support, then supports again: checked again, not remembered as unsupported
+    relu = model.q_net.q_net[1]
+    model.q_net.q_net[1] = nn.ELU()
+    assert model._numpy_c51("q_net") is None
+    model.q_net.q_net[1] = relu
+    assert model._numpy_c51("q_net") is not None
