@@ -171,9 +171,10 @@ class ScratchDQN(OffPolicyAlgorithm):
         runs with it, NumPy's BLAS is limited to one thread (``threadpoolctl``): a small network's products are
         slower on several. For a C51 network (``n_atoms``) of such layers, noisy or not, with a plain or dueling head
         (one layer per stream; Rainbow's network), ``"numpy"`` computes the whole C51 gradient step (TD target,
-        projection, loss, backward, clipping, Adam) in NumPy (:class:`~sb3_dqn_ext.fast_update.NumpyC51Adam`); its
-        rollout actions stay in PyTorch. Anything else (CNN or Dict features, dueling or noisy heads without C51,
-        action masks, hooks) uses the PyTorch path, as does the gradient step with another optimizer than Adam.
+        projection, loss, backward, clipping, Adam) in NumPy (:class:`~sb3_dqn_ext.fast_update.NumpyC51Adam`), and
+        so are its rollouts' greedy actions (``predict`` stays PyTorch's). Anything else (CNN or Dict features,
+        dueling or noisy heads without C51, action masks, hooks) uses the PyTorch path, as does the gradient step
+        with another optimizer than Adam.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -802,9 +803,7 @@ class ScratchDQN(OffPolicyAlgorithm):
             self._fast_update = fast
             self._fast_update_backend = backend
             self._fast_update_unsupported = (q_net, optimizer, backend) if fast is None else None
-        if fast is None or not fast.ready():
-            return None
-        return fast
+        return fast if fast is not None and fast.ready() else None
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         # Switch to train mode (this affects batch norm / dropout)
@@ -868,14 +867,14 @@ class ScratchDQN(OffPolicyAlgorithm):
                 weights_mean.append(weights.mean())  # type: ignore[union-attr]
             losses.append(loss.detach())
 
-            if stepped:
-                pass
-            elif fast is None and flat is not None:
+            if stepped or fast is not None:
+                pass  # (an autograd-free step did forward, backward, clipping and Adam)
+            elif flat is not None:
                 flat.zero_grad()
                 loss.backward()
                 flat.clip_grad_norm(self.max_grad_norm)
                 flat.adam_step()
-            elif fast is None:
+            else:
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 self._clip_grad_norm()

@@ -987,11 +987,15 @@ class _NumpyLinear:
         """The gradients of the parameters from ``∂L/∂y`` and the layer's input, into ``grads`` (the parameters'
         order): ``∂L/∂W = gᵀ x``, ``∂L/∂b = Σ_i g_i``; for a noisy layer ``∂L/∂σ_w = ∂L/∂W ⊙ f(ε_out) f(ε_in)ᵀ``
         and ``∂L/∂σ_b = ∂L/∂b ⊙ f(ε_out)``."""
-        np.matmul(grad.T, x, out=grads[0])
-        np.dot(ones, grad, out=grads[-2] if self.noisy else grads[1])
-        if self.noisy:
-            np.multiply(grads[0], self.noise, out=grads[1])
-            np.multiply(grads[2], self.eps_out, out=grads[3])
+        if not self.noisy:
+            np.matmul(grad.T, x, out=grads[0])  # ∂L/∂W
+            np.dot(ones, grad, out=grads[1])  # ∂L/∂b
+            return
+        grad_w_mu, grad_w_sigma, grad_b_mu, grad_b_sigma = grads
+        np.matmul(grad.T, x, out=grad_w_mu)
+        np.dot(ones, grad, out=grad_b_mu)
+        np.multiply(grad_w_mu, self.noise, out=grad_w_sigma)
+        np.multiply(grad_b_mu, self.eps_out, out=grad_b_sigma)
 
 
 class NumpyC51(_NumpyNetwork):
@@ -1237,7 +1241,8 @@ class NumpyC51Adam(_NumpyFlatAdam):
         m = np.bincount(index, weights=mass, minlength=n * k).reshape(n, k).astype(np.float32)
 
         # loss: (w ·) cross-entropy of m against p(s, a)
-        chosen = logits[rows, data.actions.numpy().reshape(-1)]
+        actions = data.actions.numpy().reshape(-1)
+        chosen = logits[rows, actions]
         shifted = chosen - chosen.max(axis=1, keepdims=True)
         exp = np.exp(shifted)
         total = exp.sum(axis=1, keepdims=True)
@@ -1252,7 +1257,6 @@ class NumpyC51Adam(_NumpyFlatAdam):
             g *= (w / n)[:, None]
 
         # backward: the chosen logits into the head's output, then layer by layer
-        actions = data.actions.numpy().reshape(-1)
         ones = self._row_of_ones(n)
         grads = iter(reversed(self.layer_grads))
         trunk_out = outputs[-1][:n]
